@@ -1,0 +1,251 @@
+"""Convert pretrained EVA / EVA-02 backbones into eva_det's detector layout.
+
+Entry points:
+
+* :func:`detect_format` - which of :data:`FORMATS` a state dict is in;
+* :func:`convert_pretrained` - ``dict -> ConversionResult`` for any of them;
+* :func:`convert_file` - load a file, unwrap its container, convert, write ``{"model": ...}``
+  atomically and log a summary (what ``tools/convert_pretrained.py`` runs).
+
+The per-generation renames are documented in :mod:`eva_det.checkpoint.convert_eva01` and
+:mod:`eva_det.checkpoint.convert_eva02`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import secrets
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .convert_common import ConversionResult, group_blocks, key_pattern, split_backbone_prefix
+from .convert_eva01 import convert_eva01
+from .convert_eva02 import convert_eva02, convert_timm_eva02
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMATS",
+    "detect_format",
+    "convert_pretrained",
+    "unwrap_state_dict",
+    "summarize_dropped",
+    "load_checkpoint",
+    "save_atomic",
+    "convert_file",
+]
+
+#: Source layouts :func:`convert_pretrained` accepts (plus ``"auto"``).
+#: ``timm_eva`` uses the same names as ``eva01`` (timm kept BEiT's), so both share a converter and
+#: :func:`detect_format` reports such files as ``eva01``.
+FORMATS = ("eva01", "eva02", "timm_eva", "timm_eva02")
+
+_CONVERTERS = {
+    "eva01": convert_eva01,
+    "timm_eva": convert_eva01,
+    "eva02": convert_eva02,
+    "timm_eva02": convert_timm_eva02,
+}
+
+_CONTAINER_KEYS = ("model", "module", "state_dict")
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Descend through ``"model"``, ``"module"`` (DeepSpeed) and ``"state_dict"`` containers.
+
+    Args:
+        checkpoint (Mapping): what ``torch.load`` returned.
+
+    Returns:
+        dict[str, Tensor]: the innermost mapping, with only its tensor entries.
+    """
+    found = True
+    while found:
+        found = False
+        for key in _CONTAINER_KEYS:
+            inner = checkpoint.get(key)
+            if isinstance(inner, Mapping):
+                logger.info("Unwrapping checkpoint['%s'].", key)
+                checkpoint, found = inner, True
+                break
+    skipped = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if skipped:
+        logger.info("Ignoring non-tensor entries: %s.", ", ".join(map(str, skipped)))
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor], prefix: str | None = None) -> str:
+    """Tell which source layout a backbone state dict uses, from its first block's MLP.
+
+    * ``mlp.w1`` / ``mlp.w12`` / ``mlp.w3`` (official SwiGLU names) -> ``"eva02"``;
+    * ``mlp.fc1_g`` or a packed ``mlp.fc1`` with twice the rows ``mlp.fc2`` has columns
+      (timm's GluMlp) -> ``"timm_eva02"``;
+    * plain ``mlp.fc1`` / ``mlp.fc2`` -> ``"eva01"`` (also the answer for timm EVA-01 files, whose
+      names are the same).
+
+    Args:
+        state_dict (Mapping[str, Tensor]): unwrapped tensors, with or without a wrapper prefix.
+        prefix (str or None): the ViT's key prefix; ``None`` to infer it.
+
+    Returns:
+        str: one of ``"eva01"``, ``"eva02"``, ``"timm_eva02"``.
+
+    Raises:
+        ValueError: when no ViT block or no known MLP naming is found.
+    """
+    inner, prefix, _ = split_backbone_prefix(dict(state_dict), prefix)
+    blocks, _ = group_blocks(inner)
+    if not blocks:
+        raise ValueError(f"No 'blocks.<i>.' keys under prefix '{prefix}': not a ViT checkpoint.")
+    block = next(iter(blocks.values()))
+    if any(f"mlp.{n}.weight" in block for n in ("w1", "w12", "w3")):
+        return "eva02"
+    if "mlp.fc1_g.weight" in block:
+        return "timm_eva02"
+    if "mlp.fc1.weight" in block and "mlp.fc2.weight" in block:
+        if block["mlp.fc1.weight"].shape[0] == 2 * block["mlp.fc2.weight"].shape[1]:
+            return "timm_eva02"  # packed gate + value rows: a SwiGLU, not a GELU MLP
+        return "eva01"
+    raise ValueError(
+        f"Cannot tell the format from block keys {sorted(block)}: expected mlp.fc1/fc2 (EVA-01), "
+        "mlp.w1/w2/w3 (EVA-02) or mlp.fc1_g/fc1_x/fc2 (timm EVA-02). Pass the format explicitly."
+    )
+
+
+def convert_pretrained(
+    state_dict: Mapping[str, torch.Tensor],
+    format: str = "auto",
+    *,
+    patch_size: int = 16,
+    pretrain_img_size: int = 224,
+    keep_gamma: bool = False,
+    prefix: str | None = None,
+) -> ConversionResult:
+    """Convert a pretrained backbone state dict to eva_det's ``backbone.net.*`` names.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): unwrapped source tensors (see :func:`unwrap_state_dict`).
+        format (str): ``"auto"`` or one of :data:`FORMATS`.
+        patch_size (int): target patch size (kernel resized when different).
+        pretrain_img_size (int): image size the target pos_embed describes (grid = size // patch).
+        keep_gamma (bool): keep LayerScale ``gamma_1``/``gamma_2`` instead of dropping them.
+        prefix (str or None): the ViT's key prefix (``"visual."``...); ``None`` to infer it.
+
+    Returns:
+        ConversionResult: ``(state_dict, dropped)``.
+    """
+    if format == "auto":
+        format = detect_format(state_dict, prefix)
+        logger.info("Detected checkpoint format: %s.", format)
+    if format not in _CONVERTERS:
+        raise ValueError(f"Unknown format '{format}'; expected 'auto' or one of {FORMATS}.")
+    return _CONVERTERS[format](
+        dict(state_dict),
+        patch_size=patch_size,
+        pretrain_img_size=pretrain_img_size,
+        keep_gamma=keep_gamma,
+        prefix=prefix,
+    )
+
+
+def summarize_dropped(dropped: Mapping[str, str]) -> list[tuple[str, int, str]]:
+    """Group dropped keys by pattern (numeric parts -> ``*``).
+
+    Returns:
+        list[tuple[str, int, str]]: ``(pattern, number of keys, reason)`` in first-seen order.
+    """
+    counts: Counter[str] = Counter()
+    reasons: dict[str, str] = {}
+    for key, reason in dropped.items():
+        pattern = key_pattern(key)
+        counts[pattern] += 1
+        reasons.setdefault(pattern, reason)
+    return [(pattern, counts[pattern], reasons[pattern]) for pattern in reasons]
+
+
+def load_checkpoint(path: str) -> Any:
+    """``torch.load`` a file on CPU, safely when possible.
+
+    Tries ``weights_only=True`` first. Official EVA files also pickle training arguments
+    (``argparse.Namespace``...), which that mode refuses; those are then loaded with
+    ``weights_only=False``, which runs the file's pickle code, so only convert files you trust.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        logger.debug("weights_only=True load of %s failed: %s", path, err)
+        logger.warning(
+            "%s pickles more than tensors; loading it with weights_only=False, which executes "
+            "its pickled code: only do this for files from a trusted source.",
+            path,
+        )
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``.
+
+    A failure at any point leaves no partial file behind and an existing ``path`` untouched.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp_path = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp_path, "xb") as f:  # "x": never reuse an existing file; mode follows umask
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def convert_file(
+    input_path: str,
+    output_path: str,
+    format: str = "auto",
+    *,
+    patch_size: int = 16,
+    pretrain_img_size: int = 224,
+    keep_gamma: bool = False,
+    prefix: str | None = None,
+) -> ConversionResult:
+    """Load ``input_path``, convert it (:func:`convert_pretrained`), write ``{"model": ...}``.
+
+    The output is written atomically (:func:`save_atomic`) and can be given to detectron2's
+    ``train.init_checkpoint``. A summary is logged: keys converted and dropped, and each dropped
+    key pattern with its count and reason.
+
+    Returns:
+        ConversionResult: what was written (``state_dict``) and what was left out.
+    """
+    if output_path.endswith((".pkl", ".pyth")):
+        raise ValueError(
+            f"Output {output_path}: detectron2 reads .pkl/.pyth files as Caffe2/pycls models; "
+            "use a .pth name."
+        )
+    state_dict = unwrap_state_dict(load_checkpoint(input_path))
+    result = convert_pretrained(
+        state_dict,
+        format,
+        patch_size=patch_size,
+        pretrain_img_size=pretrain_img_size,
+        keep_gamma=keep_gamma,
+        prefix=prefix,
+    )
+    save_atomic({"model": result.state_dict}, output_path)
+    logger.info(
+        "Wrote %s: %d keys converted, %d source keys dropped.",
+        output_path,
+        len(result.state_dict),
+        len(result.dropped),
+    )
+    for pattern, count, reason in summarize_dropped(result.dropped):
+        logger.info("  dropped %s (%d key%s): %s", pattern, count, "s" * (count != 1), reason)
+    return result

@@ -1,0 +1,30 @@
+"""Data: dataset registration for eva_det.
+
+Importing this package registers ``shapes_train`` and ``shapes_val`` in detectron2's catalogs under
+``$DETECTRON2_DATASETS/shapes`` (no files are read or written at import; see
+``eva_det.data.datasets.shapes`` for lazy generation and ``ensure_shapes``).
+"""
+
+from .datasets import (
+    SHAPES_CLASSES,
+    SHAPES_IMAGE_SIZE,
+    SHAPES_NUM_TRAIN,
+    SHAPES_NUM_VAL,
+    SHAPES_SPLITS,
+    ensure_shapes,
+    generate_shapes,
+    register_shapes,
+)
+
+register_shapes()
+
+__all__ = [
+    "SHAPES_CLASSES",
+    "SHAPES_IMAGE_SIZE",
+    "SHAPES_NUM_TRAIN",
+    "SHAPES_NUM_VAL",
+    "SHAPES_SPLITS",
+    "ensure_shapes",
+    "generate_shapes",
+    "register_shapes",
+]

@@ -1,0 +1,83 @@
+# Main job: a tiny EVA-01 Cascade Mask R-CNN (same model code, shrunk) trained from scratch on the
+# synthetic shapes dataset (generated on first use under $DETECTRON2_DATASETS/shapes), on CPU.
+# 1000 train images of 256 px; max_iter * total_batch_size / 1000 = epochs.
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+
+from eva_det.data import SHAPES_CLASSES, SHAPES_IMAGE_SIZE
+from eva_det.evaluation import COCOEvaluator
+
+from ..COCO.cascade_mask_rcnn_vitdet_b_100ep import (
+    dataloader,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
+
+image_size = SHAPES_IMAGE_SIZE
+
+# data: shapes with mild scale jitter; masks are RLE, so bitmasks
+dataloader.train.dataset.names = "shapes_train"
+dataloader.test.dataset.names = "shapes_val"
+dataloader.train.mapper.augmentations = [
+    L(T.RandomFlip)(horizontal=True),
+    L(T.ResizeScale)(
+        min_scale=0.8, max_scale=1.25, target_height=image_size, target_width=image_size
+    ),
+    L(T.FixedSizeCrop)(crop_size=(image_size, image_size), pad=False),
+]
+dataloader.train.mapper.instance_mask_format = "bitmask"
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size)
+]
+dataloader.train.total_batch_size = 8
+dataloader.train.num_workers = 1
+dataloader.test.num_workers = 1
+dataloader.evaluator = L(COCOEvaluator)(
+    dataset_name="${..test.dataset.names}", output_dir="${train.output_dir}"
+)
+
+# model: EVA-01 ViT shrunk; full cascade (3 stages) + mask head with narrower layers
+model.backbone.square_pad = image_size
+model.backbone.out_channels = 128
+model.backbone.net.update(
+    img_size=image_size,
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    mlp_ratio=4,
+    drop_path_rate=0.0,
+    window_size=4,
+    window_block_indexes=[0, 2],  # blocks 1 and 3 are global
+)
+model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
+model.proposal_generator.batch_size_per_image = 128
+model.proposal_generator.pre_nms_topk = (1000, 500)
+model.proposal_generator.post_nms_topk = (500, 200)
+model.roi_heads.num_classes = len(SHAPES_CLASSES)
+model.roi_heads.batch_size_per_image = 128
+for head in model.roi_heads.box_heads:
+    head.update(conv_dims=[128, 128], fc_dims=[256])
+    head.input_shape.channels = 128
+for predictor in model.roi_heads.box_predictors:
+    predictor.input_shape.channels = 256
+del head, predictor  # loop variables would otherwise become top-level config keys
+model.roi_heads.mask_head.conv_dims = [128, 128]
+model.roi_heads.mask_head.input_shape.channels = 128
+model.proposal_generator.head.in_channels = 128
+
+# optimisation: from scratch, short schedule
+optimizer.lr = 4e-4
+optimizer.params.lr_factor_func = None
+train.max_iter = 1200
+lr_multiplier.scheduler.milestones = [1000, 1150]
+lr_multiplier.scheduler.num_updates = train.max_iter
+lr_multiplier.warmup_length = 100 / train.max_iter
+train.amp.enabled = False
+train.device = "cpu"
+train.output_dir = "output/shapes_tiny"
+train.eval_period = 0
+train.checkpointer.period = 400
+train.checkpointer.max_to_keep = 2
+train.log_period = 20
