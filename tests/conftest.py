@@ -16,3 +16,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def repo_root() -> str:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def mini_shapes(tmp_path_factory):
+    """Register a tiny shapes pair (12 train / 6 val images of 128 px) and generate it."""
+    from eva_det.data.datasets.shapes import ensure_shapes, register_shapes
+
+    root = str(tmp_path_factory.mktemp("shapes_mini"))
+    names = {"shapes_mini_train": ("train", 12), "shapes_mini_val": ("val", 6)}
+    register_shapes(root=root, splits=names, image_size=128)
+    for name in names:
+        ensure_shapes(name)
+    return names

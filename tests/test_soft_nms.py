@@ -22,7 +22,7 @@ def make_boxes(g: torch.Generator, n: int, num_classes: int, dyadic: bool = Fals
     Returns:
         boxes (n, 4) float32, scores (n,) float32, idxs (n,) int64.
     """
-    centers = torch.rand(max(1, n // 10), 2, generator=g) * 200
+    centers = torch.rand(max(1, n // 10), 2, generator=g) * 200 + 40  # no box clipped empty
     ctr = centers[torch.randint(0, centers.shape[0], (n,), generator=g)]
     ctr = ctr + torch.randn(n, 2, generator=g) * 5
     wh = torch.rand(n, 2, generator=g) * 40 + 4
@@ -220,6 +220,11 @@ def test_edge_cases(fn):
 
     one = fn(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([1e-5]), torch.tensor([3]))
     assert one[0].tolist() == [0] and one[1].tolist() == [pytest.approx(1e-5)]
+
+    # A score equal to min_score (in float32) is kept: the kernel drops only scores < min_score.
+    two_boxes = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]])
+    keep, _ = fn(two_boxes, torch.tensor([0.9, 1e-3]), torch.zeros(2, dtype=torch.long))
+    assert keep.tolist() == [0, 1]
 
     g = torch.Generator().manual_seed(3)
     boxes, scores, idxs = make_boxes(g, 50, 3)

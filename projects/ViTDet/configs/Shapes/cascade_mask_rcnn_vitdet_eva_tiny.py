@@ -16,6 +16,7 @@ from ..COCO.cascade_mask_rcnn_vitdet_b_100ep import (
 )
 
 image_size = SHAPES_IMAGE_SIZE
+fpn_dim = 64  # pyramid / head width (256 in the full model)
 
 # data: shapes with mild scale jitter; masks are RLE, so bitmasks
 dataloader.train.dataset.names = "shapes_train"
@@ -40,7 +41,7 @@ dataloader.evaluator = L(COCOEvaluator)(
 
 # model: EVA-01 ViT shrunk; full cascade (3 stages) + mask head with narrower layers
 model.backbone.square_pad = image_size
-model.backbone.out_channels = 128
+model.backbone.out_channels = fpn_dim
 model.backbone.net.update(
     img_size=image_size,
     embed_dim=128,
@@ -56,16 +57,18 @@ model.proposal_generator.batch_size_per_image = 128
 model.proposal_generator.pre_nms_topk = (1000, 500)
 model.proposal_generator.post_nms_topk = (500, 200)
 model.roi_heads.num_classes = len(SHAPES_CLASSES)
-model.roi_heads.batch_size_per_image = 128
+model.roi_heads.batch_size_per_image = 64
+model.roi_heads.box_pooler.sampling_ratio = 2
+model.roi_heads.mask_pooler.sampling_ratio = 2
 for head in model.roi_heads.box_heads:
-    head.update(conv_dims=[128, 128], fc_dims=[256])
-    head.input_shape.channels = 128
+    head.update(conv_dims=[fpn_dim], fc_dims=[256])
+    head.input_shape.channels = fpn_dim
 for predictor in model.roi_heads.box_predictors:
     predictor.input_shape.channels = 256
 del head, predictor  # loop variables would otherwise become top-level config keys
-model.roi_heads.mask_head.conv_dims = [128, 128]
-model.roi_heads.mask_head.input_shape.channels = 128
-model.proposal_generator.head.in_channels = 128
+model.roi_heads.mask_head.conv_dims = [fpn_dim, fpn_dim]
+model.roi_heads.mask_head.input_shape.channels = fpn_dim
+model.proposal_generator.head.in_channels = fpn_dim
 
 # optimisation: from scratch, short schedule
 optimizer.lr = 4e-4
