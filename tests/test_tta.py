@@ -13,19 +13,24 @@ from detectron2.config import instantiate
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from PIL import Image
+from shrink import EVA01_SHRINK, load_config
 from torchvision.ops import batched_nms
 
 from eva_det.layers.soft_nms import soft_nms_sequential_reference
 from eva_det.modeling.backbone.eva02_vit import EVA02ViT
 from eva_det.modeling.tta import GeneralizedRCNNWithTTA, build_tta_model, tta_settings
-from shrink import EVA01_SHRINK, load_config
 
 SHAPES = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 H, W = 96, 128  # test image
+# fewer proposals at test time keep the CPU passes (and the soft-NMS reference loop) short
+FEW_PROPOSALS = [
+    "model.proposal_generator.pre_nms_topk=[1000,200]",
+    "model.proposal_generator.post_nms_topk=[500,40]",
+]
 
 
 def tiny_cfg(backbone: str = "eva01", square_pad: int = 128, overrides=()):
-    cfg = load_config(SHAPES, list(EVA01_SHRINK) + list(overrides))
+    cfg = load_config(SHAPES, list(EVA01_SHRINK) + FEW_PROPOSALS + list(overrides))
     if backbone == "eva02":
         cfg.model.backbone.net = L(EVA02ViT)(
             img_size=128,
@@ -38,6 +43,15 @@ def tiny_cfg(backbone: str = "eva01", square_pad: int = 128, overrides=()):
             out_feature="last_feat",
         )
     cfg.model.backbone.square_pad = square_pad
+    # narrower pyramid and heads (32 channels) than the Shapes config's 128: CPU seconds
+    cfg.model.backbone.out_channels = 32
+    cfg.model.proposal_generator.head.in_channels = 32
+    for head, predictor in zip(cfg.model.roi_heads.box_heads, cfg.model.roi_heads.box_predictors):
+        head.update(conv_dims=[32], fc_dims=[64])
+        head.input_shape.channels = 32
+        predictor.input_shape.channels = 64
+    cfg.model.roi_heads.mask_head.conv_dims = [32, 32]
+    cfg.model.roi_heads.mask_head.input_shape.channels = 32
     return cfg
 
 
@@ -48,7 +62,7 @@ def tiny_model(backbone="eva01", square_pad=128, **roi_heads):
     return instantiate(cfg.model).eval()
 
 
-def test_image() -> torch.Tensor:
+def make_image() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     img = torch.randint(0, 60, (3, H, W), generator=g, dtype=torch.uint8)
     img[:, 20:60, 30:70] = torch.tensor([200, 40, 40], dtype=torch.uint8)[:, None, None]
@@ -108,7 +122,7 @@ def reference_tta(model, image, min_size, max_size):
     boxes, scores, classes = boxes[keep], new_scores, classes[keep]
 
     # mask head on the merged boxes in both versions, flipped masks flipped back, averaged
-    fwd = boxes / torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype)
+    fwd = boxes * torch.tensor([w2 / W, h2 / H, w2 / W, h2 / H], dtype=boxes.dtype)
     flipped = torch.stack([w2 - fwd[:, 2], fwd[:, 1], w2 - fwd[:, 0], fwd[:, 3]], dim=1)
     masks = []
     for k, (img, b) in enumerate(zip(versions, [fwd, flipped])):
@@ -135,7 +149,7 @@ def reference_tta(model, image, min_size, max_size):
 )
 def test_flip_single_scale_equals_manual_merge(backbone, square_pad, roi_heads):
     model = tiny_model(backbone, square_pad, **roi_heads)
-    image = test_image()
+    image = make_image()
     tta = GeneralizedRCNNWithTTA(model, min_sizes=[72], max_size=128, flip=True).eval()
     with torch.no_grad():
         got = tta([{"image": image, "height": H, "width": W}])[0]["instances"]
@@ -159,31 +173,31 @@ def test_multiscale_flip_runs_at_every_grid(backbone):
     """square_pad=0: each scale gets its own token grid (rel-pos / RoPE resized per grid)."""
     model = tiny_model(backbone, square_pad=0)
     tta = GeneralizedRCNNWithTTA(model, min_sizes=[64, 96], max_size=[128, 128], flip=True)
-    inputs, tfms = tta.augment({"image": test_image(), "height": H, "width": W})
+    inputs, tfms = tta.augment({"image": make_image(), "height": H, "width": W})
     assert [tuple(x["image"].shape[1:]) for x in inputs] == [(64, 85)] * 2 + [(96, 128)] * 2
     with torch.no_grad():
-        inst = tta.eval()([{"image": test_image(), "height": H, "width": W}])[0]["instances"]
+        inst = tta.eval()([{"image": make_image(), "height": H, "width": W}])[0]["instances"]
     assert len(inst) > 0 and inst.pred_masks.shape[1:] == (H, W)
     b = inst.pred_boxes.tensor
     assert (b[:, 0] >= 0).all() and (b[:, 2] <= W).all() and (b[:, 3] <= H).all()
     assert ((inst.scores > 0) & (inst.scores <= 1)).all()
-    if backbone == "eva02":  # global block: 64x128 and 128x128 padded inputs -> 4x8, 8x8 grids
+    if backbone == "eva02":  # unpadded 64x85 and 96x128 inputs: 4x5 and 6x8 global grids
         grids = {k[:2] for k in model.backbone.net.rope._cache}
-        assert {(4, 8), (8, 8)} <= grids
+        assert {(4, 5), (6, 8)} <= grids
 
 
 def test_no_detections_and_box_only_model():
     model = tiny_model("eva01", override_score_thresh=1.01)
     tta = GeneralizedRCNNWithTTA(model, [96], 128, flip=True).eval()
     with torch.no_grad():
-        inst = tta([{"image": test_image(), "height": H, "width": W}])[0]["instances"]
+        inst = tta([{"image": make_image(), "height": H, "width": W}])[0]["instances"]
     assert len(inst) == 0 and inst.pred_masks.shape == (0, H, W)
 
     box_only = tiny_model("eva01")
     box_only.roi_heads.mask_on = False
     tta = GeneralizedRCNNWithTTA(box_only, [96], 128, flip=False).eval()
     with torch.no_grad():
-        inst = tta([{"image": test_image(), "height": H, "width": W}])[0]["instances"]
+        inst = tta([{"image": make_image(), "height": H, "width": W}])[0]["instances"]
     assert len(inst) > 0 and not inst.has("pred_masks")
 
 
@@ -191,8 +205,8 @@ def test_input_already_resized_maps_back_to_original_size():
     model = tiny_model("eva01")
     tta = GeneralizedRCNNWithTTA(model, [96], 128, flip=False).eval()
     with torch.no_grad():  # the loader resized a 192x256 original to 96x128
-        inst = tta([{"image": test_image(), "height": 2 * H, "width": 2 * W}])[0]["instances"]
-        plain = run_pass(model, test_image())
+        inst = tta([{"image": make_image(), "height": 2 * H, "width": 2 * W}])[0]["instances"]
+        plain = run_pass(model, make_image())
     assert inst.image_size == (2 * H, 2 * W) and inst.pred_masks.shape[1:] == (2 * H, 2 * W)
     # a single un-flipped pass at the input's own size: NMS keeps the model's own detections
     top = plain.scores.argmax()

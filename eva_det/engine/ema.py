@@ -226,6 +226,12 @@ class EMAHook(HookBase):
         self.decay = float(decay)
         self.device = device
 
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, ema: EMAState) -> "EMAHook":
+        """The hook for ``train.model_ema.{decay,device}`` of ``cfg``."""
+        settings = ema_config(cfg)
+        return cls(model, ema, settings["decay"], settings["device"])
+
     def before_train(self) -> None:
         if self.ema.has_state():
             logger.info("Continuing the EMA of weights loaded from the checkpoint.")
@@ -265,9 +271,10 @@ def ema_config(cfg) -> dict:
 
 def build_model_ema(cfg) -> Optional[EMAState]:
     """An empty :class:`EMAState` if ``train.model_ema.enabled``, else None."""
-    if not ema_config(cfg)["enabled"]:
+    settings = ema_config(cfg)
+    if not settings["enabled"]:
         return None
-    logger.info("Using an EMA of the model weights: %s", ema_config(cfg))
+    logger.info("Using an EMA of the model weights: %s", settings)
     return EMAState()
 
 
@@ -295,10 +302,11 @@ def load_checkpoint_for_eval(cfg, model: nn.Module) -> None:
     ema = EMAState()
     EVACheckpointer(model, **{EMA_KEY: ema}).load(path)
     if not ema.has_state():
+        what = "is empty: no checkpoint" if not path else f"has no '{EMA_KEY}'"
         raise KeyError(
-            f"train.init_checkpoint={path!r} has no '{EMA_KEY}' (it was not trained with "
-            "train.model_ema.enabled=True). Set train.model_ema.use_ema_weights_for_eval_only="
-            "False to evaluate its raw weights."
+            f"train.init_checkpoint={path!r} {what} to take EMA weights from (EMA weights exist "
+            "only in checkpoints trained with train.model_ema.enabled=True). Set "
+            "train.model_ema.use_ema_weights_for_eval_only=False to evaluate raw weights."
         )
     ema.apply_to(model)
     logger.info("Evaluating the EMA weights of %s.", path)

@@ -5,6 +5,7 @@ import logging
 from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, default_setup, launch
 
+from .ema import load_checkpoint_for_eval
 from .train_loop import build_model, do_test, do_train
 
 __all__ = ["main", "run_cli"]
@@ -15,7 +16,6 @@ logger = logging.getLogger(__name__)
 def main(args) -> dict:
     """Run training or ``--eval-only`` evaluation for parsed CLI ``args``."""
     import eva_det.data  # noqa: F401  (registers eva_det's datasets in every worker)
-    from eva_det.checkpoint.checkpointer import EVACheckpointer
 
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
@@ -23,7 +23,8 @@ def main(args) -> dict:
     if args.eval_only:
         model = build_model(cfg)
         model.eval()
-        EVACheckpointer(model).load(cfg.train.init_checkpoint)
+        # raw weights, or the checkpoint's EMA with train.model_ema.use_ema_weights_for_eval_only
+        load_checkpoint_for_eval(cfg, model)
         return do_test(cfg, model)
     do_train(cfg, resume=args.resume)
     return {}

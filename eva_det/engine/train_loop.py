@@ -12,10 +12,14 @@ import torch
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.evaluation.inference import inference_on_dataset  # progress bar, batched paste
+from eva_det.modeling.tta import build_tta_model
+
+from .ema import EMA_KEY, EMAHook, EMAState, apply_ema_weights, build_model_ema
 
 __all__ = ["resolve_device", "build_model", "do_test", "do_train"]
 
@@ -39,15 +43,33 @@ def build_model(cfg) -> torch.nn.Module:
     return model
 
 
-def do_test(cfg, model) -> Optional[dict]:
-    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``."""
+def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
+    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
+
+    With ``test.aug.enabled`` the model runs under test-time augmentation
+    (:func:`eva_det.modeling.tta.build_tta_model`). With ``ema_state`` (training with
+    ``train.model_ema.enabled``) it is evaluated again with the EMA weights swapped in; those
+    results come back under the key ``"ema"`` (e.g. ``ema/bbox/AP`` in metrics.json).
+    """
     if "evaluator" not in cfg.dataloader:
         return None
-    loader = instantiate(cfg.dataloader.test)
-    evaluator = instantiate(cfg.dataloader.evaluator)
-    results = inference_on_dataset(model, loader, evaluator)
-    if comm.is_main_process() and results:
-        print_csv_format(results)
+    eval_model = build_tta_model(cfg, model)
+
+    def evaluate() -> dict:
+        loader = instantiate(cfg.dataloader.test)
+        evaluator = instantiate(cfg.dataloader.evaluator)
+        results = inference_on_dataset(eval_model, loader, evaluator)
+        if comm.is_main_process() and results:
+            print_csv_format(results)
+        return results
+
+    results = evaluate()
+    if ema_state is not None:
+        logger.info("Evaluating the EMA weights.")
+        with apply_ema_weights(model, ema_state):
+            ema_results = evaluate()
+        if ema_results:
+            results = {**(results or {}), "ema": ema_results}
     return results
 
 
@@ -59,6 +81,7 @@ def do_train(cfg, resume: bool = False) -> None:
     optim = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
+    ema_state = build_model_ema(cfg)  # None unless train.model_ema.enabled
 
     use_amp = bool(cfg.train.amp.enabled)
     if use_amp and cfg.train.device == "cpu":
@@ -66,14 +89,18 @@ def do_train(cfg, resume: bool = False) -> None:
         use_amp = False
     trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optim)
     checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    if ema_state is not None:  # saved with every checkpoint, restored by --resume
+        checkpointer.add_checkpointable(EMA_KEY, ema_state)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
+            # updates after each optimizer step, before checkpoints / evaluation see it
+            EMAHook.from_config(cfg, model, ema_state) if ema_state is not None else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, ema_state)),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
                 period=cfg.train.log_period,

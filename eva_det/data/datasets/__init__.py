@@ -1,5 +1,11 @@
 """Datasets shipped with eva_det (registration only; no I/O at import)."""
 
+from .objects365 import (
+    OBJECTS365_CATEGORIES,
+    OBJECTS365_SPLITS,
+    objects365_metadata,
+    register_objects365,
+)
 from .shapes import (
     SHAPES_CLASSES,
     SHAPES_IMAGE_SIZE,
@@ -15,6 +21,10 @@ from .shapes import (
 )
 
 __all__ = [
+    "OBJECTS365_CATEGORIES",
+    "OBJECTS365_SPLITS",
+    "objects365_metadata",
+    "register_objects365",
     "SHAPES_CLASSES",
     "SHAPES_IMAGE_SIZE",
     "SHAPES_NUM_TRAIN",

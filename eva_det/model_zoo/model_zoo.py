@@ -1,0 +1,204 @@
+"""Look up released EVA / EVA-02 detectors and build them with their weights.
+
+    from eva_det import model_zoo
+    model_zoo.list_models()                       # names, see docs/MODEL_ZOO.md
+    cfg = model_zoo.get_config("eva02_L_coco_bsl", trained=True)   # LazyConfig + eval flags
+    model = model_zoo.get("eva02_L_coco_bsl", checkpoint="/data/eva02_L_coco_bsl.pth")
+
+URLs are downloaded once and cached by detectron2's ``PathManager`` (``$FVCORE_CACHE``, default
+``~/.torch/iopath_cache``). Without network access, download the file elsewhere and pass its
+path (``checkpoint=`` here, ``train.init_checkpoint=`` on the command line).
+"""
+
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.utils.file_io import PathManager
+
+from eva_det.config.paths import repo_root
+from eva_det.engine.ema import load_checkpoint_for_eval
+
+from .table import CHECKPOINTS, Checkpoint, Evaluation, checkpoints_by_name
+
+__all__ = [
+    "list_models",
+    "get_checkpoint",
+    "get_checkpoint_url",
+    "get_evaluation",
+    "get_eval_overrides",
+    "get_config",
+    "get",
+    "resolve_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+_FAMILIES = ("EVA-01", "EVA-02")
+
+
+def list_models(family: Optional[str] = None) -> List[str]:
+    """Names of the released checkpoints, in table order.
+
+    Args:
+        family (str or None): "EVA-01" or "EVA-02" to list one generation; None lists all.
+    """
+    if family is not None and family not in _FAMILIES:
+        raise ValueError(f"family must be one of {_FAMILIES} or None, got {family!r}")
+    return [c.name for c in CHECKPOINTS if family is None or c.family == family]
+
+
+def get_checkpoint(name: str) -> Checkpoint:
+    """The table entry of ``name`` (see :class:`eva_det.model_zoo.table.Checkpoint`)."""
+    table: Dict[str, Checkpoint] = checkpoints_by_name()
+    if name not in table:
+        raise KeyError(f"Unknown EVA checkpoint {name!r}; known: {', '.join(table)}")
+    return table[name]
+
+
+def get_checkpoint_url(name: str) -> str:
+    """Download URL of checkpoint ``name``."""
+    return get_checkpoint(name).url
+
+
+def get_evaluation(name: str, task: Optional[str] = None) -> Optional[Evaluation]:
+    """The official evaluation run of ``name`` that reports ``task``.
+
+    Args:
+        name (str): checkpoint name.
+        task (str or None): "bbox" or "segm"; None means the first published run.
+
+    Returns:
+        Evaluation or None: None for checkpoints without a published evaluation (the
+        Objects365 inits), unless a task is asked for, which raises.
+    """
+    entry = get_checkpoint(name)
+    if task is None:
+        return entry.evaluations[0] if entry.evaluations else None
+    for evaluation in entry.evaluations:
+        if task in evaluation.tasks:
+            return evaluation
+    published = sorted({t for e in entry.evaluations for t in e.tasks})
+    raise ValueError(
+        f"{name} has no published '{task}' evaluation (published tasks: {published or 'none'})"
+    )
+
+
+def get_eval_overrides(name: str, task: Optional[str] = None) -> List[str]:
+    """The config overrides (``key=value``) of the official evaluation of ``name``.
+
+    Args:
+        name (str): checkpoint name.
+        task (str or None): "bbox" or "segm" picks the run that reports it (some checkpoints are
+            evaluated twice, with maskness only for masks); None means the first run.
+    """
+    evaluation = get_evaluation(name, task)
+    return list(evaluation.overrides) if evaluation is not None else []
+
+
+def resolve_checkpoint(path_or_url: str) -> str:
+    """A local file for ``path_or_url``, downloading (and caching) URLs through ``PathManager``.
+
+    Raises:
+        RuntimeError: the download failed; the message names the URL and how to use a file
+            downloaded elsewhere.
+        FileNotFoundError: a local path that does not exist.
+    """
+    if os.path.isfile(path_or_url):
+        return path_or_url
+    is_url = "://" in path_or_url
+    try:
+        local = PathManager.get_local_path(path_or_url)
+    except Exception as e:  # iopath raises URLError, HTTPError, OSError, ... depending on handler
+        if not is_url:
+            raise
+        name = path_or_url.rsplit("/", 1)[-1]
+        raise RuntimeError(
+            f"Could not download checkpoint {path_or_url} ({type(e).__name__}: {e}). Download "
+            f"it on a machine with network access and pass the file instead: "
+            f"eva_det.model_zoo.get(..., checkpoint='/path/to/{name}') or, on the command line, "
+            f"train.init_checkpoint=/path/to/{name}."
+        ) from e
+    if not os.path.isfile(local):
+        raise FileNotFoundError(
+            f"Checkpoint {path_or_url} not found"
+            + (f" (resolved to {local})" if local != path_or_url else "")
+            + ". Pass the path of a downloaded .pth file."
+        )
+    return local
+
+
+def get_config(
+    name: str,
+    trained: bool = False,
+    checkpoint: Optional[str] = None,
+    task: Optional[str] = None,
+    overrides: Sequence[str] = (),
+):
+    """The LazyConfig of checkpoint ``name`` with its official evaluation flags applied.
+
+    Args:
+        name (str): checkpoint name (:func:`list_models`).
+        trained (bool): set ``train.init_checkpoint`` to the checkpoint (``checkpoint`` if given,
+            else the download URL); otherwise leave the config's own value.
+        checkpoint (str or None): local path or URL replacing the table's URL.
+        task (str or None): which official evaluation's flags to apply, see
+            :func:`get_eval_overrides`.
+        overrides (Sequence[str]): further ``key=value`` overrides, applied last.
+
+    Returns:
+        omegaconf.DictConfig: the loaded config.
+    """
+    entry = get_checkpoint(name)
+    path = repo_root() / entry.config
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Config {entry.config} of checkpoint {name} is missing from {repo_root()}; "
+            "eva_det's configs ship with the source checkout (bash tools/install.sh)."
+        )
+    cfg = LazyConfig.load(os.fspath(path))
+    opts = get_eval_overrides(name, task)
+    if trained:
+        opts.append(f"train.init_checkpoint={checkpoint or entry.url}")
+    cfg = LazyConfig.apply_overrides(cfg, opts + list(overrides))
+    return cfg
+
+
+def get(
+    name: str,
+    trained: bool = True,
+    device: str = "cpu",
+    checkpoint: Optional[str] = None,
+    task: Optional[str] = None,
+    overrides: Sequence[str] = (),
+) -> torch.nn.Module:
+    """Build the detector of checkpoint ``name`` in eval mode, with its weights if ``trained``.
+
+    Weights are loaded as ``tools/lazyconfig_train_net.py --eval-only`` loads them
+    (:func:`eva_det.engine.load_checkpoint_for_eval`): the EMA weights when the official
+    evaluation uses them (``train.model_ema.use_ema_weights_for_eval_only``).
+
+    Args:
+        name (str): checkpoint name (:func:`list_models`).
+        trained (bool): load the released weights; False gives the randomly initialised model.
+        device (str): where to put the model.
+        checkpoint (str or None): local file or URL replacing the table's URL.
+        task (str or None): which official evaluation's flags to apply.
+        overrides (Sequence[str]): further config overrides.
+
+    Raises:
+        RuntimeError: the download failed (the message says how to pass a local file).
+    """
+    cfg = get_config(name, trained=False, task=task, overrides=overrides)
+    local = None
+    if trained:
+        # Before building the model: a failed download should not cost a 1B-parameter init.
+        local = resolve_checkpoint(checkpoint or get_checkpoint_url(name))
+    model = instantiate(cfg.model)
+    model.to(device)
+    if local is not None:
+        cfg.train.init_checkpoint = local
+        load_checkpoint_for_eval(cfg, model)
+    return model.eval()

@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Write docs/MODEL_ZOO.md from the checkpoint table (eva_det/model_zoo/table.py).
+
+    python tools/model_zoo_doc.py            # (re)write docs/MODEL_ZOO.md
+    python tools/model_zoo_doc.py --check    # exit 1 if the committed file is out of date
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from eva_det.checkpoint.checkpointer import atomic_write_text
+from eva_det.config.paths import repo_root
+from eva_det.model_zoo import render_model_zoo_markdown
+
+logger = logging.getLogger("model_zoo_doc")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv`` (None: sys.argv); return the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=os.fspath(repo_root() / "docs" / "MODEL_ZOO.md"))
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    text = render_model_zoo_markdown()
+    if args.check:
+        current = open(args.output).read() if os.path.isfile(args.output) else None
+        if current != text:
+            logger.error("%s is out of date: run python tools/model_zoo_doc.py", args.output)
+            return 1
+        logger.info("%s is up to date", args.output)
+        return 0
+    atomic_write_text(text, args.output)
+    logger.info("wrote %s", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Run a model on a COCO / LVIS test set and write the zips the evaluation server accepts.
+
+Example (EVA-01 on COCO test-dev; boxes without maskness, masks with it, as EVA reports them)::
+
+    python tools/test_dev_submission.py \\
+        --config-file projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva_1536.py \\
+        --dataset coco_2017_test-dev --alg eva-01 --output-dir out/test-dev-box --tasks bbox \\
+        train.init_checkpoint=eva_coco_det.pth model.roi_heads.use_soft_nms=True \\
+        model.roi_heads.method=linear model.roi_heads.iou_threshold=0.6 \\
+        model.roi_heads.override_score_thresh=0.0
+
+writes ``out/test-dev-box/bbox.zip`` holding ``detections_test-dev2017_eva-01_results.json``.
+A rerun with the same arguments resumes from ``<output-dir>/cache``. One process (one GPU).
+All the work is done by :func:`eva_det.evaluation.submission.run_submission`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from detectron2.config import LazyConfig
+from detectron2.utils.logger import setup_logger
+
+from eva_det.evaluation.submission import DEFAULT_SHARD_SIZE, run_submission
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file")
+    parser.add_argument(
+        "--dataset", required=True, help="registered test set, e.g. coco_2017_test-dev"
+    )
+    parser.add_argument(
+        "--alg", required=True, help="algorithm name for the results file (letters, digits, -)"
+    )
+    parser.add_argument("--output-dir", required=True, metavar="DIR", help="zips and cache/")
+    parser.add_argument(
+        "--max-dets-per-image",
+        type=int,
+        default=None,
+        help="per-image cap, best scores kept (default: COCO 100, LVIS 300)",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=("bbox", "segm"),
+        default=None,
+        help="zips to write (default: COCO bbox and segm, LVIS segm)",
+    )
+    parser.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per cache shard"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, key=value (LazyConfig syntax)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run inference and packaging; returns the process exit status."""
+    args = parse_args(argv)
+    setup_logger(name="detectron2")
+    setup_logger(name="eva_det", abbrev_name="eva_det")
+    import eva_det.data  # noqa: F401  (registers eva_det's datasets)
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    report = run_submission(
+        cfg,
+        args.dataset,
+        args.alg,
+        args.output_dir,
+        max_dets_per_image=args.max_dets_per_image,
+        tasks=args.tasks,
+        shard_size=args.shard_size,
+    )
+    for task, path in report.zips.items():
+        logging.getLogger("eva_det").info(f"Upload {path} for {task}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
