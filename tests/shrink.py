@@ -16,6 +16,8 @@ EVA01_SHRINK = [
     "model.backbone.net.mlp_ratio=2",
     "model.backbone.net.use_act_checkpoint=False",
     "model.backbone.square_pad=128",
+    # few test-time proposals keep the full-width cascade heads cheap on CPU
+    "model.proposal_generator.post_nms_topk=[1000,20]",
 ]
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Write docs/MODEL_ZOO.md from the checkpoint table (eva_det/model_zoo/table.py).
 
-    python tools/model_zoo_doc.py            # (re)write docs/MODEL_ZOO.md
-    python tools/model_zoo_doc.py --check    # exit 1 if the committed file is out of date
+``python tools/model_zoo_doc.py`` (re)writes the file; ``--check`` exits with status 1 when the
+file differs from what the table gives; ``--output PATH`` writes or checks another file.
 """
 
 import argparse

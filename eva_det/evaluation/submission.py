@@ -18,30 +18,23 @@
 
 ``cache/manifest.json`` records a fingerprint of everything that changes the results (model and
 test-mapper config, checkpoint path / size / mtime, dataset, cap, shard size); a rerun with a
-different fingerprint stops with an error instead of mixing results.
+different fingerprint stops with an error instead of mixing results (:mod:`.submission_cache`).
 """
 
-import functools
-import hashlib
 import json
 import logging
 import os
-import re
 import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import BoxMode, Instances
 from detectron2.utils.file_io import PathManager
-from omegaconf import OmegaConf
 
-from .coco_evaluation import write_json_atomic
 from .inference import inference_on_dataset
-from .postprocess import FastRCNNPostprocess, supports_fast_postprocess, top_scoring
+from .postprocess import FastRCNNPostprocess, supports_fast_postprocess
+from .submission_cache import ShardCollector, check_manifest, fingerprint, load_shard
 from .submission_format import (
     TASK_KEYS,
     ServerFormat,
@@ -58,7 +51,6 @@ __all__ = ["SubmissionReport", "run_submission"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
 DEFAULT_SHARD_SIZE = 500
 
 
@@ -85,168 +77,6 @@ class SubmissionReport:
     num_dropped: int = 0
     shards_computed: List[int] = field(default_factory=list)
     shards_reused: List[int] = field(default_factory=list)
-
-
-def _canonical(obj):
-    """A json-able, process-independent form of a resolved config value (for fingerprints)."""
-    if isinstance(obj, dict):
-        return {str(k): _canonical(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, functools.partial):
-        return {
-            "partial": _canonical(obj.func),
-            "args": _canonical(obj.args),
-            "kwargs": _canonical(obj.keywords),
-        }
-    if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
-        return f"{obj.__module__}.{obj.__qualname__}"
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
-
-
-def _fingerprint(cfg, dataset_name: str, max_dets: int, shard_size: int) -> str:
-    ckpt = cfg.train.init_checkpoint
-    local = PathManager.get_local_path(ckpt)
-    if not os.path.isfile(local):
-        raise FileNotFoundError(f"train.init_checkpoint={ckpt!r}: no such file.")
-    stat = os.stat(local)
-    parts = {
-        "version": CACHE_VERSION,
-        "model": _canonical(OmegaConf.to_container(cfg.model, resolve=True)),
-        "mapper": _canonical(OmegaConf.to_container(cfg.dataloader.test.mapper, resolve=True)),
-        "checkpoint": [os.path.abspath(local), stat.st_size, stat.st_mtime_ns],
-        "dataset": dataset_name,
-        "max_dets_per_image": max_dets,
-        "shard_size": shard_size,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _instances_to_results(
-    instances: Instances, image_id: int, class_to_category: Dict[int, int]
-) -> List[dict]:
-    """COCO-format results (dataset category ids) of one image's ``Instances`` on the CPU.
-
-    Masks come from ``pred_masks_rle`` (FastRCNNPostprocess "rle") or are encoded from
-    ``pred_masks`` with detectron2's ``instances_to_coco_json``.
-    """
-    if not instances.has("pred_masks_rle"):
-        results = instances_to_coco_json(instances, image_id)
-    else:
-        boxes = BoxMode.convert(
-            instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
-        ).tolist()
-        results = [
-            {"image_id": image_id, "category_id": c, "bbox": b, "score": s, "segmentation": m}
-            for c, b, s, m in zip(
-                instances.pred_classes.tolist(),
-                boxes,
-                instances.scores.tolist(),
-                instances.pred_masks_rle,
-            )
-        ]
-    for r in results:
-        if r["category_id"] not in class_to_category:
-            raise ValueError(
-                f"The model predicted class {r['category_id']}, but the test set has "
-                f"{len(class_to_category)} classes: set model.roi_heads.num_classes to match."
-            )
-        r["category_id"] = class_to_category[r["category_id"]]
-    return results
-
-
-class _ShardCollector(DatasetEvaluator):
-    """Evaluator that turns outputs into results and writes each shard when it is complete."""
-
-    def __init__(
-        self,
-        shards: Dict[int, List[int]],
-        shard_path: Callable[[int], str],
-        fingerprint: str,
-        class_to_category: Dict[int, int],
-        max_dets: int,
-        on_shard_written: Optional[Callable[[int], None]],
-    ):
-        self._shards = shards
-        self._shard_path = shard_path
-        self._fingerprint = fingerprint
-        self._class_to_category = class_to_category
-        self._max_dets = max_dets
-        self._on_shard_written = on_shard_written
-        self._shard_of = {i: k for k, ids in shards.items() for i in ids}
-
-    def reset(self):
-        self._pending = {k: {} for k in self._shards}  # shard -> image id -> results
-        self._dropped = {k: 0 for k in self._shards}
-        self.written: List[int] = []
-
-    def process(self, inputs, outputs):
-        for inp, out in zip(inputs, outputs):
-            image_id = inp["image_id"]
-            instances = out["instances"].to("cpu")
-            before = out.get("num_before_cap", len(instances))
-            instances = top_scoring(instances, self._max_dets)
-            k = self._shard_of[image_id]
-            self._dropped[k] += before - len(instances)
-            self._pending[k][image_id] = _instances_to_results(
-                instances, image_id, self._class_to_category
-            )
-            if len(self._pending[k]) == len(self._shards[k]):
-                self._write(k)
-
-    def _write(self, k: int) -> None:
-        ids = self._shards[k]
-        per_image = self._pending.pop(k)
-        shard = {
-            "version": CACHE_VERSION,
-            "fingerprint": self._fingerprint,
-            "image_ids": ids,
-            "num_dropped": self._dropped[k],
-            "results": [r for i in ids for r in per_image[i]],
-        }
-        write_json_atomic(self._shard_path(k), shard)
-        self.written.append(k)
-        logger.info(f"Wrote shard {k} ({len(ids)} images, {len(shard['results'])} results)")
-        if self._on_shard_written is not None:
-            self._on_shard_written(k)
-
-    def evaluate(self):
-        if self._pending:
-            raise RuntimeError(f"Shards {sorted(self._pending)} did not receive all their images.")
-        return {}
-
-
-def _load_shard(path: str, fingerprint: str, ids: Sequence[int]) -> Optional[dict]:
-    """A finished shard from the cache, or None when missing, unreadable or from another run."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            shard = json.load(f)
-    except (OSError, ValueError) as e:
-        logger.warning(f"Ignoring unreadable cache file {path} ({e}); recomputing it.")
-        return None
-    if shard.get("fingerprint") != fingerprint or shard.get("image_ids") != list(ids):
-        logger.warning(f"Ignoring {path}: written for other images or settings; recomputing it.")
-        return None
-    return shard
-
-
-def _check_manifest(cache_dir: str, manifest: dict) -> None:
-    path = os.path.join(cache_dir, "manifest.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old.get("fingerprint") != manifest["fingerprint"]:
-            raise ValueError(
-                f"{path} belongs to a run with other settings (config, overrides, checkpoint, "
-                f"dataset, cap or shard size): {old}. Use another --output-dir, or delete "
-                f"{cache_dir} to start over."
-            )
-        return
-    write_json_atomic(path, manifest)
 
 
 def _test_images(cfg, dataset_name: str) -> List[dict]:
@@ -301,15 +131,19 @@ def _build_loader(cfg, dicts: List[dict]):
 
 
 def _build_predictor(cfg, max_dets: int):
-    from eva_det.checkpoint.checkpointer import EVACheckpointer
+    """The model as ``--eval-only`` evaluates it (EMA weights and test-time augmentation as
+    configured), with the RLE postprocessing when it is a plain ``GeneralizedRCNN``."""
+    from eva_det.engine.ema import load_checkpoint_for_eval
     from eva_det.engine.train_loop import build_model
+    from eva_det.modeling.tta import build_tta_model
 
     model = build_model(cfg)
     model.eval()
-    EVACheckpointer(model).load(cfg.train.init_checkpoint)
+    load_checkpoint_for_eval(cfg, model)
+    model = build_tta_model(cfg, model)
     if supports_fast_postprocess(model):
         return FastRCNNPostprocess(model, mask_format="rle", max_dets_per_image=max_dets)
-    logger.info(f"{type(model).__name__} is not a GeneralizedRCNN: masks are encoded one by one.")
+    logger.info(f"{type(model).__name__} is not a plain GeneralizedRCNN: masks encoded one by one.")
     return model
 
 
@@ -402,11 +236,11 @@ def run_submission(
 
     cache_dir = os.path.join(output_dir, "cache")
     PathManager.mkdirs(cache_dir)
-    fingerprint = _fingerprint(cfg, dataset_name, max_dets, shard_size)
-    _check_manifest(
+    run_fingerprint = fingerprint(cfg, dataset_name, max_dets, shard_size)
+    check_manifest(
         cache_dir,
         {
-            "fingerprint": fingerprint,
+            "fingerprint": run_fingerprint,
             "dataset": dataset_name,
             "num_images": len(ids),
             "shard_size": shard_size,
@@ -418,7 +252,7 @@ def run_submission(
         return os.path.join(cache_dir, f"shard_{k:05d}.json")
 
     report = SubmissionReport(num_images=len(ids))
-    done = {k: _load_shard(shard_path(k), fingerprint, shards[k]) for k in shards}
+    done = {k: load_shard(shard_path(k), run_fingerprint, shards[k]) for k in shards}
     report.shards_reused = [k for k, s in done.items() if s is not None]
     todo = {k: shards[k] for k, s in done.items() if s is None}
     logger.info(
@@ -428,8 +262,8 @@ def run_submission(
     if todo:
         todo_ids = {i for ids_k in todo.values() for i in ids_k}
         loader = _build_loader(cfg, [d for d in dicts if d["image_id"] in todo_ids])
-        collector = _ShardCollector(
-            todo, shard_path, fingerprint, class_to_category, max_dets, on_shard_written
+        collector = ShardCollector(
+            todo, shard_path, run_fingerprint, class_to_category, max_dets, on_shard_written
         )
         inference_on_dataset(
             _build_predictor(cfg, max_dets),
@@ -440,7 +274,7 @@ def run_submission(
         )
         report.shards_computed = list(collector.written)
         for k in todo:
-            done[k] = _load_shard(shard_path(k), fingerprint, shards[k])
+            done[k] = load_shard(shard_path(k), run_fingerprint, shards[k])
 
     results = [r for k in sorted(done) for r in done[k]["results"]]
     report.num_results = len(results)

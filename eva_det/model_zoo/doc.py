@@ -14,7 +14,9 @@ _TRAIN_NET = "python tools/lazyconfig_train_net.py"
 _DOC_LINK_PREFIX = "../"  # the doc lives in docs/, paths in the table are repository-relative
 
 
-def eval_command(entry: Checkpoint, evaluation: Evaluation, checkpoint_dir: str = "/path/to") -> str:
+def eval_command(
+    entry: Checkpoint, evaluation: Evaluation, checkpoint_dir: str = "/path/to"
+) -> str:
     """The ``--eval-only`` command line of one official evaluation of ``entry``.
 
     Args:
@@ -53,8 +55,9 @@ def _table(entries: Iterable[Checkpoint]) -> List[str]:
     ]
     for c in entries:
         config = c.config.split("configs/", 1)[-1]
+        link = f"[{config}]({_DOC_LINK_PREFIX}{c.config})"
         lines.append(
-            f"| `{c.name}` | {c.family} | [{config}]({_DOC_LINK_PREFIX}{c.config}) | {_name(c.init)} "
+            f"| `{c.name}` | {c.family} | {link} | {_name(c.init)} "
             f"| {c.dataset or '–'} | {_ap(c.box_ap)} | {_ap(c.mask_ap)} "
             f"| [{c.filename}]({c.url}) |"
         )

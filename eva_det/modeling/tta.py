@@ -139,7 +139,9 @@ class GeneralizedRCNNWithTTA(nn.Module):
             list[dict]: inputs with "image" (C, h, w) of each version;
             list[Transform]: for each, the transform from the original image to that version.
         """
-        image = input["image"].permute(1, 2, 0).numpy()  # (H, W, C)
+        if "image" not in input:
+            raise KeyError("TTA inputs need an 'image' (C, H, W) tensor, as a DatasetMapper makes")
+        image = input["image"].permute(1, 2, 0).cpu().numpy()  # (H, W, C)
         orig = (input.get("height", image.shape[0]), input.get("width", image.shape[1]))
         pre = (
             ResizeTransform(orig[0], orig[1], image.shape[0], image.shape[1])
@@ -266,7 +268,8 @@ class GeneralizedRCNNWithTTA(nn.Module):
     def forward(self, batched_inputs: List[dict]) -> List[Dict[str, Instances]]:
         if self.training:
             raise RuntimeError("GeneralizedRCNNWithTTA is for inference; call .eval() first")
-        return [self._inference_one_image(x) for x in batched_inputs]
+        with torch.no_grad():
+            return [self._inference_one_image(x) for x in batched_inputs]
 
 
 def tta_settings(cfg) -> dict:

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EVAViT", "Attention", "Block", "ATTN_IMPLS"]
 
-ATTN_IMPLS = ("sdpa", "plain")
+ATTN_IMPLS = ("sdpa", "plain", "augmented")
 
 
 class Attention(nn.Module):
@@ -47,8 +47,9 @@ class Attention(nn.Module):
         rel_pos_zero_init (bool): zero-initialise the tables (else truncated normal, std 0.02).
         input_size (tuple[int, int]): token grid the tables are sized for.
         interp_type (str): "vitdet" or "beit", how tables are resized to other grids.
-        attn_impl (str): "sdpa" (``F.scaled_dot_product_attention`` with the bias as a float mask)
-            or "plain" (matmul + softmax, the official formulation).
+        attn_impl (str): "sdpa" (``F.scaled_dot_product_attention`` with the bias as a float mask),
+            "plain" (matmul + softmax, the official formulation) or "augmented" (SDPA without a
+            mask: the bias is folded into extra q/k channels, so the N x N bias is never built).
     """
 
     def __init__(
@@ -120,6 +121,8 @@ class Attention(nn.Module):
                 attn = attn + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
                 attn = attn.reshape(B, self.num_heads, N, N)
             out = attn.softmax(dim=-1) @ v
+        elif self.attn_impl == "augmented" and self.use_rel_pos:
+            out = _augmented_rel_pos_attention(q, k, v, rel_h, rel_w, self.scale)
         else:
             if self.use_rel_pos:
                 # (B, heads, N, N) float mask in q's dtype: eligible for the fused kernels.
@@ -131,6 +134,37 @@ class Attention(nn.Module):
         # (B, heads, N, hd) -> (B, H, W, C)
         out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(out)
+
+
+def _augmented_rel_pos_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
+    """Attention with the decomposed bias folded into the q/k channels (no N x N bias tensor).
+
+    ``scale * q_i.k_j + rel_h[i, row(j)] + rel_w[i, col(j)] = q'_i . k'_j`` with
+    ``q' = [scale * q, rel_h, rel_w]`` and ``k' = [k, onehot(row), onehot(col)]``.
+
+    Args:
+        q, k, v (Tensor): (B, heads, N, hd), N = H * W.
+        rel_h (Tensor): (B * heads, H, W, H) height bias per query and key row.
+        rel_w (Tensor): (B * heads, H, W, W) width bias per query and key column.
+        scale (float): softmax scale of q.k.
+
+    Returns:
+        Tensor (B, heads, N, hd).
+    """
+    B, nh, N, _ = q.shape
+    H, W = rel_h.shape[-1], rel_w.shape[-1]
+    q_aug = torch.cat(
+        [q * scale, rel_h.reshape(B, nh, N, H).to(q.dtype), rel_w.reshape(B, nh, N, W).to(q.dtype)],
+        dim=-1,
+    )
+    rows = torch.arange(N, device=q.device) // W
+    cols = torch.arange(N, device=q.device) % W
+    onehot = torch.cat([F.one_hot(rows, H), F.one_hot(cols, W)], dim=-1).to(k.dtype)  # (N, H+W)
+    k_aug = torch.cat([k, onehot.expand(B, nh, N, H + W)], dim=-1)
+    # Fused (flash) kernels need equal q/k/v widths: pad v with zeros and drop them after.
+    v_pad = F.pad(v, (0, H + W))
+    out = F.scaled_dot_product_attention(q_aug, k_aug, v_pad, scale=1.0)
+    return out[..., : v.shape[-1]]
 
 
 class Block(nn.Module):
