@@ -100,7 +100,7 @@ def main() -> int:
     num_dets = 0
     with torch.no_grad():
         for batch in batches:
-            raw, dt = timed(model.inference, batch, False)
+            raw, dt = timed(model.inference, batch, None, False)
             t["network"] += dt
             (h, w), inst = (batch[0]["height"], batch[0]["width"]), raw[0]
             want, dt = timed(GeneralizedRCNN._postprocess, [clone(inst)], batch, [inst.image_size])

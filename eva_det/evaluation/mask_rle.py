@@ -89,20 +89,26 @@ def _paste_chunk(
 
 
 def _chunks(regions: torch.Tensor, max_bytes: int) -> List[torch.Tensor]:
-    """Index groups of similar region size whose padded batch stays under ``max_bytes``."""
-    areas = (regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1])
-    order = torch.argsort(areas, stable=True).tolist()
+    """Index groups of similar region shape, each padded batch under ``max_bytes``.
+
+    Regions are visited by height, then width; a group closes when padding would make it more
+    than 1.5x its pixels (plus a little slack, so tiny regions still batch) or too large.
+    """
     heights = (regions[:, 2] - regions[:, 0]).tolist()
     widths = (regions[:, 3] - regions[:, 1]).tolist()
-    groups, current, hmax, wmax = [], [], 0, 0
+    order = sorted(range(len(heights)), key=lambda i: (heights[i], widths[i]))
+    groups, current, hmax, wmax, pixels = [], [], 0, 0, 0
     for i in order:
         h, w = max(hmax, heights[i]), max(wmax, widths[i])
-        # grid (2 floats) + output (1 float) + mask bits per padded pixel
-        if current and (len(current) + 1) * h * w * 13 > max_bytes:
+        padded = (len(current) + 1) * h * w
+        # grid (2 floats) + output (1 float) + masks (bool) per padded pixel
+        too_big = padded * 13 > max_bytes
+        wasteful = padded > 1.5 * (pixels + heights[i] * widths[i]) + 4096
+        if current and (too_big or wasteful):
             groups.append(current)
-            current, h, w = [], heights[i], widths[i]
+            current, h, w, pixels = [], heights[i], widths[i], 0
         current.append(i)
-        hmax, wmax = h, w
+        hmax, wmax, pixels = h, w, pixels + heights[i] * widths[i]
     if current:
         groups.append(current)
     return [torch.as_tensor(g, dtype=torch.int64, device=regions.device) for g in groups]
@@ -175,6 +181,42 @@ def _transitions(crops: torch.Tensor, regions: torch.Tensor, image_h: int) -> to
     return torch.stack([det, full], dim=1).cpu()
 
 
+def _encode_transitions(det: np.ndarray, full: np.ndarray, n: int, image_shape) -> List[Dict]:
+    """Compressed RLEs from the transitions of n masks (rows of :func:`_transitions`).
+
+    Args:
+        det (np.ndarray): (K,) mask index of each transition, any order of masks, but in
+            increasing ``full`` order within a mask.
+        full (np.ndarray): (K,) column-major image index of each transition.
+        n (int): number of masks (masks without transitions are empty).
+        image_shape (tuple[int, int]): image height, width.
+    """
+    img_h, img_w = int(image_shape[0]), int(image_shape[1])
+    order = np.argsort(det, kind="stable")
+    det, full = det[order], full[order]
+    # Runs of ones that continue across a column boundary: the end of one and the start of the
+    # next fall on the same index; drop both so the runs merge, as in pycocotools.
+    same = (det[1:] == det[:-1]) & (full[1:] == full[:-1])
+    keep = np.ones(len(full), dtype=bool)
+    keep[1:][same] = False
+    keep[:-1][same] = False
+    det, full = det[keep], full[keep]
+    # Mask i's run boundaries [0, t_1, ..., t_k, H * W] laid out back to back for all masks;
+    # its counts (pycocotools: zeros first) are the differences within its block.
+    total = img_h * img_w
+    first = np.searchsorted(det, np.arange(n)) + 2 * np.arange(n)  # position of each leading 0
+    last = np.searchsorted(det, np.arange(n), side="right") + 2 * np.arange(n) + 1
+    bounds = np.empty(len(full) + 2 * n, dtype=np.int64)
+    bounds[first] = 0
+    bounds[last] = total
+    bounds[np.arange(len(full)) + 2 * det + 1] = full
+    diffs = np.diff(bounds)
+    # a mask whose last pixel is 1 ends with t_k = H * W: no trailing run of zeros
+    ends = last - (diffs[last - 1] == 0)
+    uncompressed = [{"counts": diffs[s:e], "size": [img_h, img_w]} for s, e in zip(first, ends)]
+    return mask_util.frPyObjects(uncompressed, img_h, img_w)
+
+
 def rles_from_crops(
     crops: torch.Tensor, regions: torch.Tensor, image_shape: Tuple[int, int]
 ) -> List[Dict]:
@@ -191,28 +233,10 @@ def rles_from_crops(
         list[dict]: ``{"size": [H, W], "counts": bytes}`` per mask, equal to
         ``pycocotools.mask.encode`` of the full (H, W) mask.
     """
-    img_h, img_w = int(image_shape[0]), int(image_shape[1])
-    n = crops.shape[0]
-    if n == 0:
+    if crops.shape[0] == 0:
         return []
-    trans = _transitions(crops, regions, img_h).numpy()
-    det, full = trans[:, 0], trans[:, 1]
-    # Runs of ones that continue across a column boundary: the end of one and the start of the
-    # next fall on the same index; drop both so the runs merge, as in pycocotools.
-    same = (det[1:] == det[:-1]) & (full[1:] == full[:-1])
-    keep = np.ones(len(full), dtype=bool)
-    keep[1:][same] = False
-    keep[:-1][same] = False
-    det, full = det[keep], full[keep]
-    bounds = np.searchsorted(det, np.arange(n + 1))
-    total = img_h * img_w
-    uncompressed = []
-    for i in range(n):
-        t = full[bounds[i] : bounds[i + 1]]
-        edges = [t] if len(t) and t[-1] == total else [t, [total]]
-        counts = np.diff(np.concatenate([[0], *edges])).tolist()
-        uncompressed.append({"counts": counts, "size": [img_h, img_w]})
-    return mask_util.frPyObjects(uncompressed, img_h, img_w)
+    trans = _transitions(crops, regions, int(image_shape[0])).numpy()
+    return _encode_transitions(trans[:, 0], trans[:, 1], crops.shape[0], image_shape)
 
 
 def paste_masks_rle(
@@ -239,15 +263,20 @@ def paste_masks_rle(
         list[dict]: ``{"size": [H, W], "counts": str}`` per mask, in input order.
     """
     _check_inputs(masks, boxes, threshold)
-    rles: List[Dict] = [{} for _ in range(masks.shape[0])]
     if masks.shape[0] == 0:
         return []
     regions = _paste_regions(boxes, image_shape)
+    dets, fulls = [], []
     for idx in _chunks(regions, max_chunk_bytes):
         crops = _paste_chunk(masks[idx], boxes[idx], regions[idx], threshold)
-        for i, rle in zip(idx.tolist(), rles_from_crops(crops, regions[idx], image_shape)):
-            rle["counts"] = rle["counts"].decode("utf-8")
-            rles[i] = rle
+        trans = _transitions(crops, regions[idx], int(image_shape[0]))
+        dets.append(idx.cpu()[trans[:, 0]].numpy())  # chunk-local -> input index
+        fulls.append(trans[:, 1].numpy())
+    rles = _encode_transitions(
+        np.concatenate(dets), np.concatenate(fulls), masks.shape[0], image_shape
+    )
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("utf-8")
     return rles
 
 
