@@ -12,4 +12,10 @@ test = dict(
         max_size=None,
         flip=True,
     ),
+    # Inference precision, read by eva_det.engine.precision (evaluation and tools/demo.py):
+    #   test.amp.enabled=True runs the model under torch.autocast in test.amp.dtype
+    #   ("bfloat16" or "float16"); the official code evaluates in float32 (the default here).
+    amp=dict(enabled=False, dtype="bfloat16"),
+    # torch.compile(model.backbone.net, dynamic=False) while evaluating (first batch compiles).
+    compile_backbone=False,
 )

@@ -8,6 +8,7 @@ model = get_config("common/models/cascade_mask_rcnn_vitdet_eva.py").model
 train = get_config("common/train.py").train
 optimizer = get_config("common/optim.py").AdamW
 lr_multiplier = get_config("common/schedule.py").lr_multiplier
+test = get_config("common/test.py").test  # TTA, eval precision
 
 train.max_iter = 184375
 train.init_checkpoint = ""

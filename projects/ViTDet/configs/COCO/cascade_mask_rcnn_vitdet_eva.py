@@ -6,7 +6,14 @@ from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 
 from eva_det.config import set_lsj_image_size
 
-from .cascade_mask_rcnn_vitdet_b_100ep import dataloader, lr_multiplier, model, optimizer, train
+from .cascade_mask_rcnn_vitdet_b_100ep import (
+    dataloader,
+    lr_multiplier,
+    model,
+    optimizer,
+    test,
+    train,
+)
 
 image_size = 1280
 set_lsj_image_size(dataloader, image_size)

@@ -3,7 +3,7 @@
 # rel-pos tables resized with BEiT's cubic spline ("beit"), slightly better than linear.
 from eva_det.config import set_lsj_image_size
 
-from .cascade_mask_rcnn_vitdet_eva import dataloader, lr_multiplier, model, optimizer, train
+from .cascade_mask_rcnn_vitdet_eva import dataloader, lr_multiplier, model, optimizer, test, train
 
 image_size = 1536
 set_lsj_image_size(dataloader, image_size)

@@ -12,6 +12,7 @@ from ..COCO.cascade_mask_rcnn_vitdet_b_100ep import (
     lr_multiplier,
     model,
     optimizer,
+    test,
     train,
 )
 

@@ -14,6 +14,7 @@ dataloader = get_config("common/data/coco_lsj.py").dataloader
 optimizer = get_config("common/optim.py").AdamW
 lr_multiplier = get_config("common/schedule.py").lr_multiplier
 train = get_config("common/train.py").train
+test = get_config("common/test.py").test  # TTA, eval precision
 
 image_size = 1024
 set_lsj_image_size(dataloader, image_size)

@@ -8,6 +8,7 @@ from .eva2_coco_cascade_mask_rcnn_vitdet_b_4attn_1024_lrd0p7 import (
     lr_multiplier,
     model,
     optimizer,
+    test,
     train,
 )
 

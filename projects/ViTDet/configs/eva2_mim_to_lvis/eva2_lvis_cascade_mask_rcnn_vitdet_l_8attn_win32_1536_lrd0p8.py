@@ -8,6 +8,7 @@ from ..eva2_mim_to_coco.eva2_coco_cascade_mask_rcnn_vitdet_l_8attn_win32_1536_lr
     lr_multiplier,
     model,
     optimizer,
+    test,
     train,
 )
 

@@ -9,6 +9,7 @@ from ..eva2_mim_to_coco.eva2_coco_cascade_mask_rcnn_vitdet_l_4attn_1024_lrd0p8 i
     lr_multiplier,
     model,
     optimizer,
+    test,
     train,
 )
 

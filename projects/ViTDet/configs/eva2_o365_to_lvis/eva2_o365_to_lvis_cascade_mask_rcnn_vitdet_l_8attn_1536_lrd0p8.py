@@ -8,6 +8,7 @@ from ..eva2_o365_to_coco.eva2_o365_to_coco_cascade_mask_rcnn_vitdet_l_8attn_1536
     lr_multiplier,
     model,
     optimizer,
+    test,
     train,
 )
 
