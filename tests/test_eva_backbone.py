@@ -191,3 +191,23 @@ def test_layerwise_lr_decay_values():
     )
     assert get_vit_lr_decay_rate("backbone.simfp_2.0.weight", 0.9, 40) == 1.0
     assert get_vit_lr_decay_rate("roi_heads.box_head.0.fc1.weight", 0.9, 40) == 1.0
+
+
+def test_yacs_config_can_name_the_backbone():
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_backbone
+
+    from eva_det.modeling.backbone import add_eva_vit_config
+
+    cfg = get_cfg()
+    add_eva_vit_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_eva_vit_sfp_backbone"
+    v = cfg.MODEL.EVA_VIT
+    v.IMG_SIZE, v.EMBED_DIM, v.DEPTH, v.NUM_HEADS, v.WINDOW_SIZE = 128, 64, 2, 4, 4
+    v.WINDOW_BLOCK_INDEXES = [0]
+    cfg.MODEL.EVA_SFP.SQUARE_PAD = 128
+    backbone = build_backbone(cfg)
+    feats = backbone(torch.randn(1, 3, 128, 128))
+    assert list(feats) == ["p2", "p3", "p4", "p5", "p6"]
+    assert feats["p2"].shape == (1, 256, 32, 32) and feats["p6"].shape == (1, 256, 2, 2)
+    assert backbone.padding_constraints["square_size"] == 128
