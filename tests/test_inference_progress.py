@@ -8,6 +8,7 @@
 * :class:`FastRCNNPostprocess`: outputs equal to ``model(inputs)`` field by field.
 """
 
+import json
 import logging
 
 import numpy as np
@@ -21,6 +22,7 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.layers.mask_ops import paste_masks_in_image as d2_paste_masks_in_image
 from shrink import EVA01_SHRINK, load_config
 
+from eva_det.evaluation import COCOEvaluator
 from eva_det.evaluation.inference import inference_on_dataset
 from eva_det.evaluation.mask_rle import (
     encode_bitmasks,
@@ -104,14 +106,18 @@ def test_loop_calls_evaluator_and_callbacks_like_detectron2(tiny, caplog, capsys
     assert "img/s" not in capsys.readouterr().err
 
 
-def test_loop_gives_detectron2_coco_results(tiny):
+def test_loop_gives_detectron2_coco_results(tiny, tmp_path):
+    """Masks go straight to RLE for COCOEvaluator: same results file, same AP table."""
     cfg, model, batches = tiny
-    evaluator = instantiate(cfg.dataloader.evaluator)
-    evaluator._output_dir = None
-    ours = inference_on_dataset(model, batches, evaluator, progress=False)
-    theirs = d2_inference_on_dataset(model, batches, evaluator)
-    assert set(ours) == {"bbox", "segm"}
-    np.testing.assert_equal(ours, theirs)  # NaN == NaN for empty area ranges
+    tables, files = [], []
+    for name, loop in [("d2", d2_inference_on_dataset), ("ours", inference_on_dataset)]:
+        evaluator = COCOEvaluator("shapes_mini_val", output_dir=str(tmp_path / name))
+        tables.append(loop(model, batches, evaluator))
+        with open(tmp_path / name / "coco_instances_results.json") as f:
+            files.append(json.load(f))
+    assert set(tables[1]) == {"bbox", "segm"}
+    assert len(files[0]) > 30 and files[1] == files[0]
+    np.testing.assert_equal(tables[1], tables[0])  # NaN == NaN for empty area ranges
 
 
 def test_loop_accepts_plain_callables_and_no_evaluator():
