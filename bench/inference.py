@@ -55,6 +55,7 @@ def parse_args():
     parser.add_argument("--proposals", type=int, default=200, help="test proposals per image")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=2, help="end-to-end runs of each loop")
     parser.add_argument("--root", default=None, help="where the shapes split is generated")
     return parser.parse_args()
 
@@ -64,9 +65,9 @@ def clone(inst: Instances) -> Instances:
     return Instances(inst.image_size, **{k: copy.deepcopy(v) for k, v in inst.get_fields().items()})
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
@@ -78,7 +79,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     root = args.root or os.path.join(tempfile.gettempdir(), "eva_det_bench_shapes")
     name = f"shapes_bench_{args.image_size}_{args.images}"
-    register_shapes(root=root, splits={name: ("bench", args.images)}, image_size=args.image_size)
+    register_shapes(root=root, splits={name: (name, args.images)}, image_size=args.image_size)
     ensure_shapes(name)
     cfg = LazyConfig.apply_overrides(
         LazyConfig.load(os.path.join(REPO, CONFIG)),
@@ -129,12 +130,17 @@ def main() -> int:
     )
 
     evaluator = instantiate(cfg.dataloader.evaluator)
-    theirs, d2_time = timed(d2_inference_on_dataset, model, batches, evaluator)
-    ours, our_time = timed(inference_on_dataset, model, batches, evaluator)
-    np.testing.assert_equal(ours, theirs)
+    d2_time = our_time = float("inf")
+    for _ in range(args.repeat):  # alternate, keep the best of each (the machine may be shared)
+        theirs, dt = timed(d2_inference_on_dataset, model, batches, evaluator)
+        d2_time = min(d2_time, dt)
+        ours, dt = timed(inference_on_dataset, model, batches, evaluator, None, progress=False)
+        our_time = min(our_time, dt)
+        np.testing.assert_equal(ours, theirs)
     print(
-        f"  end to end with COCOEvaluator: detectron2 {n / d2_time:.2f} img/s, "
-        f"eva_det {n / our_time:.2f} img/s (AP tables equal: bbox AP {ours['bbox']['AP']:.3f})"
+        f"  end to end with COCOEvaluator (best of {args.repeat}): detectron2 "
+        f"{n / d2_time:.2f} img/s, eva_det {n / our_time:.2f} img/s "
+        f"(AP tables equal: bbox AP {ours['bbox']['AP']:.3f})"
     )
     return 0
 

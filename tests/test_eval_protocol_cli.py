@@ -47,6 +47,8 @@ LVIS_COMMAND = (
 )
 # CPU-sized model and data; heads narrowed (LVIS keeps 1000 detections per image)
 TINY = EVA01_SHRINK + [
+    # as in the _1536 recipes, pad beyond img_size: global rel-pos tables are resized ("beit")
+    "model.backbone.square_pad=160",
     "dataloader.test.num_workers=0",
     "dataloader.test.mapper.augmentations.0.short_edge_length=128",
     "dataloader.test.mapper.augmentations.0.max_size=128",

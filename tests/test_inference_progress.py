@@ -90,8 +90,13 @@ def test_loop_calls_evaluator_and_callbacks_like_detectron2(tiny, caplog, capsys
                  ("on_start", "before_inference", "after_inference", "on_end")}  # fmt: skip
     ours, theirs = _Recorder(), _Recorder()
     model.train()  # both loops must switch to eval and back
-    with caplog.at_level(logging.INFO):
-        result = inference_on_dataset(model, batches, ours, callbacks, progress=True)
+    log = logging.getLogger("eva_det.evaluation.inference")
+    log.addHandler(caplog.handler)  # a CLI test may have stopped "eva_det" from propagating
+    try:
+        with caplog.at_level(logging.INFO, logger=log.name):
+            result = inference_on_dataset(model, batches, ours, callbacks, progress=True)
+    finally:
+        log.removeHandler(caplog.handler)
     assert model.training
     d2_result = d2_inference_on_dataset(model, batches, theirs)
     model.eval()

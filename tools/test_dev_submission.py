@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run inference and packaging; returns the process exit status."""
     args = parse_args(argv)
     setup_logger(name="detectron2")
-    setup_logger(name="eva_det", abbrev_name="eva_det")
+    # propagate, so that in-process callers (tests) still see the records on the root logger
+    setup_logger(name="eva_det", abbrev_name="eva_det", enable_propagation=True)
     import eva_det.data  # noqa: F401  (registers eva_det's datasets)
 
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)

@@ -1,4 +1,5 @@
-# Training options read by tools/lazyconfig_train_net.py (detectron2's keys plus EMA's).
+# Training options read by tools/lazyconfig_train_net.py (detectron2's keys plus EMA, seed and
+# gradient clipping).
 from detectron2 import model_zoo
 
 train = model_zoo.get_config("common/train.py").train
@@ -10,3 +11,9 @@ train.model_ema = dict(
     device="",
     use_ema_weights_for_eval_only=False,
 )
+# seed of every RNG (+ rank); -1 = random (detectron2's default_setup reads it)
+train.seed = -1
+# gradient clipping after backward (AMP: on unscaled gradients), eva_det.engine.trainer:
+# clip_type "norm" (clip_grad_norm_ over all parameters, max norm clip_value, p = norm_type)
+# or "value" (clip_grad_value_ at clip_value)
+train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0)

@@ -8,16 +8,29 @@ skipped, by name: tensors whose shapes differ (e.g. 366 vs 81 class rows when fi
 ``eva_o365.pth`` on COCO), model tensors absent from the checkpoint (e.g. the mask head) and
 checkpoint tensors the model does not use. A one-line summary is logged next to detectron2's
 detailed messages, so partial loads are never silent.
+
+Bad files give one clear :class:`eva_det.errors.InputError` naming the file: a file that is not
+a readable ``torch.save`` file (truncated, another format) or that holds something other than a
+state dict (a list, a tensor, a pickled module). ``resume_or_load(..., resume=True)`` checks the
+file ``last_checkpoint`` names and, if it is missing or unreadable, resumes from the newest
+readable ``model_*.pth`` instead, with a warning naming both. ``save`` refuses to write model
+weights that are NaN / inf (so a diverged run never overwrites a good checkpoint).
 """
 
+import glob
 import logging
 import os
+import pickle
+import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from eva_det.errors import InputError
 
 __all__ = ["EVACheckpointer", "LoadReport", "atomic_torch_save", "atomic_write_text"]
 
@@ -118,9 +131,139 @@ class EVACheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
+        _refuse_non_finite(data["model"], save_file)
         self.logger.info("Saving checkpoint to %s", save_file)
         atomic_torch_save(data, save_file)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+
+    def _torch_load(self, f: str):
+        """``torch.load`` of ``f`` (detectron2's hook), with clear errors for bad files."""
+        try:
+            loaded = super()._torch_load(f)
+        except pickle.UnpicklingError as e:
+            raise InputError(
+                f"Checkpoint {f} pickles Python objects other than tensors ({_first_line(e)}), "
+                "e.g. a whole model: save model.state_dict() instead (official EVA files are "
+                "converted with tools/convert_pretrained.py)."
+            ) from None
+        except (RuntimeError, EOFError, ValueError) as e:
+            raise InputError(
+                f"Cannot read checkpoint {f}: {_first_line(e)}. The file is truncated or not a "
+                "torch.save file: copy / download it again (an interrupted training run leaves "
+                "its previous checkpoints intact; resume from one of them)."
+            ) from None
+        check_state_dict_file(loaded, f)
+        return loaded
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        """detectron2's ``resume_or_load``, resuming from the newest *readable* checkpoint."""
+        if resume and self.has_checkpoint():
+            return self.load(self.newest_complete_checkpoint())
+        return self.load(path, checkpointables=[])
+
+    def newest_complete_checkpoint(self) -> str:
+        """The file ``last_checkpoint`` names if readable, else the newest readable ``model_*.pth``.
+
+        Raises:
+            InputError: if no checkpoint in ``save_dir`` can be read.
+        """
+        tagged = self.get_checkpoint_file()
+        problem = _unreadable(tagged)
+        if problem is None:
+            return tagged
+        candidates = sorted(
+            (p for p in glob.glob(os.path.join(self.save_dir, "model_*.pth")) if p != tagged),
+            key=_checkpoint_order,
+            reverse=True,
+        )
+        for candidate in candidates:
+            if _unreadable(candidate) is None:
+                logger.warning(
+                    "The last checkpoint %s cannot be used (%s); resuming from %s, the newest "
+                    "complete checkpoint, instead.",
+                    tagged,
+                    problem,
+                    candidate,
+                )
+                return candidate
+        raise InputError(
+            f"Cannot resume: the last checkpoint {tagged} cannot be used ({problem}) and no other "
+            f"readable model_*.pth is in {self.save_dir}. Start again without --resume "
+            "(train.init_checkpoint) or restore a checkpoint into that folder."
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _unreadable(path: str):
+    """None if ``path`` is a readable training checkpoint (a dict with "model"), else why not."""
+    if not path or not os.path.isfile(path):
+        return "the file does not exist"
+    try:  # mmap: tensors are mapped, not read, so this is cheap for zip-format files
+        loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:
+        return _first_line(e)
+    if not isinstance(loaded, Mapping) or "model" not in loaded:
+        return "it holds no 'model' state dict"
+    return None
+
+
+def _checkpoint_order(path: str):
+    """Sort key: model_final.pth after every model_<iteration>.pth, then by iteration, mtime."""
+    name = os.path.basename(path)
+    match = re.fullmatch(r"model_(\d+)\.pth", name)
+    iteration = int(match.group(1)) if match else -1
+    return (name == "model_final.pth", iteration, os.path.getmtime(path))
+
+
+def check_state_dict_file(loaded, path: str) -> None:
+    """Raise InputError unless ``loaded`` is a state dict or a dict with one under "model".
+
+    Args:
+        loaded: what ``torch.load(path)`` returned.
+        path (str): the file, for the message.
+    """
+    fix = (
+        "eva_det loads a dict of tensors (model.state_dict()) or a dict holding one under "
+        "'model' (what training saves). Save model.state_dict() rather than the model or a "
+        "list; official EVA pretrained files are converted with tools/convert_pretrained.py."
+    )
+    if not isinstance(loaded, Mapping):
+        raise InputError(f"Checkpoint {path} holds a {type(loaded).__name__}, not a dict. {fix}")
+    state = loaded["model"] if "model" in loaded else loaded
+    if not isinstance(state, Mapping):
+        raise InputError(
+            f"Checkpoint {path}: its 'model' entry is a {type(state).__name__}, not a dict. {fix}"
+        )
+    bad = [
+        (k, type(v).__name__)
+        for k, v in state.items()
+        if not (isinstance(k, str) and hasattr(v, "shape") and hasattr(v, "dtype"))
+    ]
+    if bad:
+        where = "its 'model' entry" if state is not loaded else "it"
+        raise InputError(
+            f"Checkpoint {path}: {where} is not a state dict; {len(bad)} entries are not named "
+            f"tensors, e.g. {bad[:3]}. {fix}"
+        )
+
+
+def _refuse_non_finite(state_dict, save_file: str) -> None:
+    bad = [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise FloatingPointError(
+            f"Refusing to save {save_file}: {len(bad)} model tensors hold NaN / inf (e.g. "
+            f"{bad[:5]}). Training diverged; the checkpoint last_checkpoint names is intact: "
+            "resume from it with --resume after enabling train.clip_grad.enabled=True or "
+            "lowering optimizer.lr."
+        )

@@ -10,16 +10,18 @@ from typing import Optional
 
 import torch
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.data.resumable_loader import build_resumable_train_loader
 from eva_det.evaluation.inference import inference_on_dataset  # progress bar, batched paste
 from eva_det.modeling.tta import build_tta_model
 
 from .ema import EMA_KEY, EMAHook, EMAState, apply_ema_weights, build_model_ema
+from .precision import inference_precision
+from .trainer import build_trainer, create_ddp_model
 
 __all__ = ["resolve_device", "build_model", "do_test", "do_train"]
 
@@ -50,6 +52,8 @@ def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
     (:func:`eva_det.modeling.tta.build_tta_model`). With ``ema_state`` (training with
     ``train.model_ema.enabled``) it is evaluated again with the EMA weights swapped in; those
     results come back under the key ``"ema"`` (e.g. ``ema/bbox/AP`` in metrics.json).
+    ``test.amp`` / ``test.compile_backbone`` select autocast and a compiled ViT
+    (:mod:`eva_det.engine.precision`).
     """
     if "evaluator" not in cfg.dataloader:
         return None
@@ -58,7 +62,8 @@ def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
     def evaluate() -> dict:
         loader = instantiate(cfg.dataloader.test)
         evaluator = instantiate(cfg.dataloader.evaluator)
-        results = inference_on_dataset(eval_model, loader, evaluator)
+        with inference_precision(cfg, eval_model):  # test.amp, test.compile_backbone
+            results = inference_on_dataset(eval_model, loader, evaluator)
         if comm.is_main_process() and results:
             print_csv_format(results)
         return results
@@ -79,7 +84,8 @@ def do_train(cfg, resume: bool = False) -> None:
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    # checkpointable: --resume continues the sampler stream where the checkpoint left it
+    train_loader = build_resumable_train_loader(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
     ema_state = build_model_ema(cfg)  # None unless train.model_ema.enabled
 
@@ -87,8 +93,11 @@ def do_train(cfg, resume: bool = False) -> None:
     if use_amp and cfg.train.device == "cpu":
         logger.warning("train.amp.enabled=True has no effect on CPU: training in fp32")
         use_amp = False
-    trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    # NaN / inf loss guard before backward; train.clip_grad
+    trainer = build_trainer(cfg, model, train_loader, optim, use_amp)
+    checkpointer = EVACheckpointer(
+        model, cfg.train.output_dir, trainer=trainer, data_loader=train_loader
+    )
     if ema_state is not None:  # saved with every checkpoint, restored by --resume
         checkpointer.add_checkpointable(EMA_KEY, ema_state)
     trainer.register_hooks(
@@ -111,4 +120,5 @@ def do_train(cfg, resume: bool = False) -> None:
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    train_loader.resume_at_iteration(start_iter)
     trainer.train(start_iter, cfg.train.max_iter)

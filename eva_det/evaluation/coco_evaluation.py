@@ -12,22 +12,32 @@ Other differences from detectron2, all in :meth:`COCOEvaluator._eval_predictions
 * ``coco_instances_results.json`` is written atomically (temporary file + ``os.replace``), so an
   interrupted run never leaves a truncated file that looks complete;
 * each task scores a shallow copy of the results, so the bbox pass cannot leave keys (``area``,
-  ``id``, polygons) behind for the segm pass and no deep copy of the masks is needed.
+  ``id``, polygons) behind for the segm pass and no deep copy of the masks is needed;
+* ``instances_predictions.pth`` is written atomically too, after the previous run's results json
+  is deleted (:func:`save_predictions`), so an output folder never pairs the predictions of one
+  run with the results of another, even when a re-run is interrupted.
 """
 
 import contextlib
+import copy
 import io
 import itertools
 import json
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+
+from eva_det.checkpoint.checkpointer import atomic_torch_save
+
+from .coco_json import instances_to_coco_json
 
 __all__ = [
     "BACKENDS",
@@ -64,6 +74,35 @@ def write_json_atomic(path: str, obj: Any) -> None:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+def gather_predictions(evaluator) -> Optional[list]:
+    """All ranks' ``evaluator._predictions`` on the main process (None on the others)."""
+    if not evaluator._distributed:
+        return evaluator._predictions
+    comm.synchronize()
+    predictions = comm.gather(evaluator._predictions, dst=0)
+    return list(itertools.chain(*predictions)) if comm.is_main_process() else None
+
+
+def save_predictions(output_dir: Optional[str], predictions: list, results_name: str) -> None:
+    """Replace a previous run's outputs in ``output_dir`` by this run's predictions.
+
+    Deletes ``results_name`` (the results json the evaluator writes next) first, then writes
+    ``instances_predictions.pth`` atomically, so the folder never holds one run's predictions
+    with another run's results.
+
+    Args:
+        output_dir (str or None): the evaluator's output folder; None = write nothing.
+        predictions (list[dict]): gathered per-image predictions.
+        results_name (str): e.g. "coco_instances_results.json".
+    """
+    if not output_dir:
+        return
+    stale = os.path.join(output_dir, results_name)
+    if os.path.exists(stale):
+        os.remove(stale)
+    atomic_torch_save(predictions, os.path.join(output_dir, "instances_predictions.pth"))
 
 
 def _log_stdout(text: str) -> None:
@@ -196,7 +235,23 @@ class COCOEvaluator(_D2COCOEvaluator):
     """detectron2's ``COCOEvaluator`` scored with faster-coco-eval or pycocotools.
 
     Same constructor, inputs and outputs as detectron2's class; see the module docstring.
+    ``process`` also takes masks already RLE-encoded (``pred_masks_rle``, from
+    ``eva_det.evaluation.postprocess``), which spares encoding full-image masks one by one.
     """
+
+    accepts_rle_masks = True  # eva_det.evaluation.inference may pass pred_masks_rle
+
+    def process(self, inputs, outputs):
+        """detectron2's ``process`` with :func:`.coco_json.instances_to_coco_json`."""
+        for inp, out in zip(inputs, outputs):
+            prediction = {"image_id": inp["image_id"]}
+            if "instances" in out:
+                instances = out["instances"].to(self._cpu_device)
+                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
+            if "proposals" in out:
+                prediction["proposals"] = out["proposals"].to(self._cpu_device)
+            if len(prediction) > 1:
+                self._predictions.append(prediction)
 
     def __init__(
         self,
@@ -267,6 +322,22 @@ class COCOEvaluator(_D2COCOEvaluator):
                     f"{num_classes} classes: predicted ids must be in [0, {num_classes - 1}]."
                 )
             result["category_id"] = reverse_mapping[category_id]
+
+    def evaluate(self, img_ids=None):
+        """detectron2's ``evaluate`` with the outputs written by :func:`save_predictions`."""
+        predictions = gather_predictions(self)
+        if predictions is None:
+            return {}
+        if len(predictions) == 0:
+            self._logger.warning("[COCOEvaluator] Did not receive valid predictions.")
+            return {}
+        save_predictions(self._output_dir, predictions, "coco_instances_results.json")
+        self._results = OrderedDict()
+        if "proposals" in predictions[0]:
+            self._eval_box_proposals(predictions)
+        if "instances" in predictions[0]:
+            self._eval_predictions(predictions, img_ids=img_ids)
+        return copy.deepcopy(self._results)
 
     def _eval_predictions(self, predictions, img_ids=None):
         """Write the results json and fill ``self._results`` with the metrics of each task."""

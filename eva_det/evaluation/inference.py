@@ -7,9 +7,11 @@ time" lines that scripts grep for) and the same return value. In addition:
 
 * the main process shows a tqdm bar with images/s and ETA (``progress``);
 * ``fast_postprocess=True`` (default) runs a detectron2 ``GeneralizedRCNN`` through
-  :class:`.postprocess.FastRCNNPostprocess`, whose outputs are equal to the model's but whose
-  masks are pasted in batches instead of one by one (the slowest step on CPU when the model
-  keeps thousands of detections per image). Other models are called as they are.
+  :class:`.postprocess.FastRCNNPostprocess`: masks are pasted in batches instead of one by one,
+  and when every evaluator declares ``accepts_rle_masks`` (eva_det's COCO and LVIS evaluators)
+  they go straight to RLE (``pred_masks_rle``) without full-image masks. The evaluators' results
+  are the same as with ``model(inputs)``; with EVA's thousands of detections per image, paste
+  and encode are otherwise a large part of the time. Other models are called as they are.
 """
 
 import datetime
@@ -41,6 +43,13 @@ _CONSOLE_LOGGERS = ("", "detectron2", "eva_det", "fvcore")
 
 def _num_images(inputs) -> int:
     return len(inputs) if isinstance(inputs, abc.Sized) else 1
+
+
+def _accepts_rle_masks(evaluator: DatasetEvaluator) -> bool:
+    """Whether every evaluator takes ``pred_masks_rle`` instead of (H, W) ``pred_masks``."""
+    if isinstance(evaluator, DatasetEvaluators):
+        return all(_accepts_rle_masks(e) for e in evaluator._evaluators)
+    return bool(getattr(evaluator, "accepts_rle_masks", False))
 
 
 def _expected_images(data_loader) -> int:
@@ -116,7 +125,8 @@ def inference_on_dataset(
             "before_inference", "after_inference" and "on_end", as in detectron2.
         progress (bool or None): show the tqdm bar; None = on the main process only.
         fast_postprocess (bool): for a detectron2 ``GeneralizedRCNN``, paste masks in
-            batches (identical outputs, see :mod:`.postprocess`); ignored for other models.
+            batches, or encode them to RLE directly for evaluators with ``accepts_rle_masks``
+            (identical results, see :mod:`.postprocess`); ignored for other models.
 
     Returns:
         dict: ``evaluator.evaluate()``, or {} when it returns None (e.g. off the main process).
@@ -130,7 +140,8 @@ def inference_on_dataset(
     logger.info(f"Start inference on {total} batches")
     predict = model
     if fast_postprocess and supports_fast_postprocess(model):
-        predict = FastRCNNPostprocess(model)
+        mask_format = "rle" if _accepts_rle_masks(evaluator) else "bitmask"
+        predict = FastRCNNPostprocess(model, mask_format=mask_format)
     show = comm.is_main_process() if progress is None else progress
     evaluator.reset()
 

@@ -20,10 +20,11 @@ Metrics that cannot be computed (e.g. APr when no rare category has ground truth
 detectron2's COCO evaluator, where detectron2's LVIS evaluator would report -100.
 """
 
+import copy
 import itertools
 import logging
 import os
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -33,7 +34,13 @@ from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
-from .coco_evaluation import coco_api_for_backend, write_json_atomic
+from .coco_evaluation import (
+    coco_api_for_backend,
+    gather_predictions,
+    save_predictions,
+    write_json_atomic,
+)
+from .coco_json import instances_to_coco_json
 
 __all__ = ["LVISEvaluator", "evaluate_predictions_on_lvis", "limit_dets_per_image"]
 
@@ -150,7 +157,23 @@ def evaluate_predictions_on_lvis(
 
 
 class LVISEvaluator(_D2LVISEvaluator):
-    """detectron2's ``LVISEvaluator`` without the ``lvis`` package; see the module docstring."""
+    """detectron2's ``LVISEvaluator`` without the ``lvis`` package; see the module docstring.
+
+    ``process`` also takes masks already RLE-encoded (``pred_masks_rle``), as COCOEvaluator.
+    """
+
+    accepts_rle_masks = True  # eva_det.evaluation.inference may pass pred_masks_rle
+
+    def process(self, inputs, outputs):
+        """detectron2's ``process`` with :func:`.coco_json.instances_to_coco_json`."""
+        for inp, out in zip(inputs, outputs):
+            prediction = {"image_id": inp["image_id"]}
+            if "instances" in out:
+                instances = out["instances"].to(self._cpu_device)
+                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
+            if "proposals" in out:
+                prediction["proposals"] = out["proposals"].to(self._cpu_device)
+            self._predictions.append(prediction)
 
     def __init__(
         self,
@@ -202,6 +225,22 @@ class LVISEvaluator(_D2LVISEvaluator):
         self._do_evaluation = len(self._lvis_api.dataset.get("annotations", [])) > 0
         if self._do_evaluation:
             check_lvis_categories(self._lvis_api, json_file)
+
+    def evaluate(self):
+        """detectron2's ``evaluate`` with the outputs written atomically (``save_predictions``)."""
+        predictions = gather_predictions(self)
+        if predictions is None:
+            return None
+        if len(predictions) == 0:
+            self._logger.warning("[LVISEvaluator] Did not receive valid predictions.")
+            return {}
+        save_predictions(self._output_dir, predictions, "lvis_instances_results.json")
+        self._results = OrderedDict()
+        if "proposals" in predictions[0]:
+            self._eval_box_proposals(predictions)
+        if "instances" in predictions[0]:
+            self._eval_predictions(predictions)
+        return copy.deepcopy(self._results)
 
     def _eval_predictions(self, predictions):
         """Write the results json and fill ``self._results`` with the metrics of each task."""

@@ -69,6 +69,8 @@ def _paste_chunk(
     widths = regions[:, 3] - regions[:, 1]
     hmax, wmax = int(heights.max()), int(widths.max())
     device = masks.device
+    if hmax == 0 or wmax == 0:  # only boxes outside the image
+        return torch.zeros(n, hmax, wmax, dtype=torch.bool, device=device)
     rows = torch.arange(hmax, device=device, dtype=torch.float32)
     cols = torch.arange(wmax, device=device, dtype=torch.float32)
     # Pixel indices are exact in float32, so these equal detectron2's arange(y0, y1) values.
@@ -80,8 +82,10 @@ def _paste_chunk(
     gx = img_x[:, None, :].expand(n, hmax, wmax)
     gy = img_y[:, :, None].expand(n, hmax, wmax)
     grid = torch.stack([gx, gy], dim=3)  # (n, hmax, wmax, 2)
-    probs = masks[:, None].to(torch.float32)  # (n, 1, M, M)
-    pasted = F.grid_sample(probs, grid, align_corners=False)[:, 0] >= threshold
+    probs = masks[:, None]  # (n, 1, M, M); dtype kept, as in detectron2 (e.g. fp16 under AMP)
+    if not probs.dtype.is_floating_point:
+        probs = probs.float()
+    pasted = F.grid_sample(probs, grid.to(probs.dtype), align_corners=False)[:, 0] >= threshold
     inside = (rows[None, :, None] < heights[:, None, None]) & (
         cols[None, None, :] < widths[:, None, None]
     )

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Instances
+from detectron2.structures import Instances, ROIMasks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -110,8 +110,10 @@ class FastRCNNPostprocess(nn.Module):
     def _postprocess_one(self, inst: Instances, height: int, width: int) -> Tuple[Instances, int]:
         """detector_postprocess of one image, masks pasted in batches; also the count before the
         per-image cap."""
-        fields = inst.get_fields()
+        fields = dict(inst.get_fields())
         probs = fields.pop("pred_masks", None)  # (N, 1, M, M) probabilities
+        if isinstance(probs, ROIMasks):
+            probs = probs.tensor[:, None]
         boxes_only = Instances(inst.image_size, **fields)
         boxes_only.set(_INDEX_FIELD, torch.arange(len(inst), device=inst.pred_boxes.device))
         result = detector_postprocess(boxes_only, height, width)

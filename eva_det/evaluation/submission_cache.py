@@ -15,12 +15,12 @@ import re
 from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import BoxMode, Instances
+from detectron2.structures import Instances
 from detectron2.utils.file_io import PathManager
 from omegaconf import OmegaConf
 
 from .coco_evaluation import write_json_atomic
+from .coco_json import instances_to_coco_json
 from .postprocess import top_scoring
 
 __all__ = ["ShardCollector", "check_manifest", "fingerprint", "instances_to_results", "load_shard"]
@@ -81,23 +81,9 @@ def instances_to_results(
     """COCO-format results (dataset category ids) of one image's ``Instances`` on the CPU.
 
     Masks come from ``pred_masks_rle`` (FastRCNNPostprocess "rle") or are encoded from
-    ``pred_masks`` with detectron2's ``instances_to_coco_json``.
+    ``pred_masks`` (:func:`.coco_json.instances_to_coco_json`).
     """
-    if not instances.has("pred_masks_rle"):
-        results = instances_to_coco_json(instances, image_id)
-    else:
-        boxes = BoxMode.convert(
-            instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
-        ).tolist()
-        results = [
-            {"image_id": image_id, "category_id": c, "bbox": b, "score": s, "segmentation": m}
-            for c, b, s, m in zip(
-                instances.pred_classes.tolist(),
-                boxes,
-                instances.scores.tolist(),
-                instances.pred_masks_rle,
-            )
-        ]
+    results = instances_to_coco_json(instances, image_id)
     for r in results:
         if r["category_id"] not in class_to_category:
             raise ValueError(

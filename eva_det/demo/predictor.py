@@ -1,0 +1,138 @@
+"""One-image predictor for LazyConfig detectors (detectron2's ``DefaultPredictor``, LazyConfig way).
+
+:class:`LazyPredictor` builds ``cfg.model``, loads ``cfg.train.init_checkpoint`` (through
+:func:`eva_det.engine.ema.load_checkpoint_for_eval`, so EMA weights are used when
+``train.model_ema.use_ema_weights_for_eval_only`` asks for them), preprocesses each image like the
+config's test loader (``cfg.dataloader.test.mapper.augmentations``, channel order
+``cfg.model.input_format``) and runs the model under the config's test options (``test.aug``
+TTA, ``test.amp`` autocast, ``test.compile_backbone``).
+"""
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+
+from eva_det.engine.ema import load_checkpoint_for_eval
+from eva_det.engine.precision import inference_precision
+from eva_det.engine.train_loop import resolve_device
+from eva_det.modeling.tta import build_tta_model
+
+__all__ = ["LazyPredictor", "test_dataset_name", "set_score_threshold"]
+
+logger = logging.getLogger(__name__)
+
+
+def test_dataset_name(cfg) -> Optional[str]:
+    """The first name in ``cfg.dataloader.test.dataset.names`` (None if the config has none)."""
+    try:
+        names = cfg.dataloader.test.dataset.names
+    except (AttributeError, KeyError):
+        return None
+    if isinstance(names, str):
+        return names
+    names = list(names or [])
+    return str(names[0]) if names else None
+
+
+def set_score_threshold(cfg, threshold: float) -> None:
+    """Make the model keep detections down to ``threshold`` (like detectron2's demo does).
+
+    Sets ``model.roi_heads.override_score_thresh`` (EVA's ROI heads) when the config leaves it
+    None, else the ``test_score_thresh`` of ``model.roi_heads.box_predictor(s)``. An explicit
+    ``override_score_thresh`` (e.g. 0.0 of EVA's evaluation commands) is kept.
+    """
+    roi_heads = cfg.model.get("roi_heads", None)
+    if roi_heads is None:
+        return
+    if "override_score_thresh" in roi_heads:
+        if roi_heads.override_score_thresh is None:
+            roi_heads.override_score_thresh = float(threshold)
+        return
+    predictors = roi_heads.get("box_predictors", None) or [roi_heads.get("box_predictor", None)]
+    for predictor in predictors:
+        if predictor is not None and "test_score_thresh" in predictor:
+            predictor.test_score_thresh = float(threshold)
+
+
+class LazyPredictor:
+    """Run a LazyConfig detector on single images given as (H, W, 3) BGR uint8 arrays.
+
+    Attributes:
+        cfg: the config the model was built from.
+        model (nn.Module): the detector in eval mode (wrapped for TTA when ``test.aug.enabled``).
+        metadata (Metadata): metadata of the first test dataset (class names for drawing).
+        input_format (str): channel order the model expects ("RGB" or "BGR").
+        device (str): where the model runs.
+    """
+
+    def __init__(self, cfg, load_weights: bool = True):
+        """
+        Args:
+            cfg: LazyConfig with ``model``, ``dataloader.test`` and ``train`` (``init_checkpoint``,
+                ``device``).
+            load_weights (bool): load ``cfg.train.init_checkpoint``; False keeps the model's
+                initialisation (benchmarks).
+        """
+        import eva_det.data  # noqa: F401  (registers eva_det's datasets, e.g. shapes metadata)
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        model = instantiate(cfg.model)
+        model.to(self.device).eval()
+        if load_weights:
+            if not cfg.train.get("init_checkpoint", ""):
+                logger.warning(
+                    "train.init_checkpoint is empty: the model has random weights. Pass "
+                    "--weights /path/to/model.pth (or train.init_checkpoint=...)."
+                )
+            load_checkpoint_for_eval(cfg, model)
+        self.detector = model
+        self.model = build_tta_model(cfg, model)
+        self.augmentations = T.AugmentationList(
+            instantiate(cfg.dataloader.test.mapper.augmentations)
+        )
+        self.input_format = str(cfg.model.get("input_format", "BGR"))
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"model.input_format={self.input_format!r}: the demo supports 'RGB' or 'BGR'"
+            )
+        name = test_dataset_name(cfg)
+        self.metadata = MetadataCatalog.get(name) if name else Metadata()
+
+    def preprocess(self, image_bgr: np.ndarray) -> dict:
+        """A model input dict for one image, as the test mapper makes it.
+
+        Args:
+            image_bgr (np.ndarray): (H, W, 3) uint8 image in BGR order (as ``cv2.imread`` gives).
+
+        Returns:
+            dict: ``"image"`` (3, h, w) float32 tensor in ``input_format`` order after the test
+            augmentations; ``"height"``, ``"width"``: the original size H, W.
+        """
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) BGR image, got shape {image_bgr.shape}")
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        height, width = image.shape[:2]
+        aug_input = T.AugInput(np.ascontiguousarray(image))
+        self.augmentations(aug_input)
+        tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
+        return {"image": tensor, "height": height, "width": width}
+
+    def __call__(self, image_bgr: np.ndarray) -> dict:
+        """Predictions for one BGR image.
+
+        Returns:
+            dict: the model output for the image, e.g. ``{"instances": Instances}`` on the CPU in
+            original-image coordinates (``pred_boxes``, ``scores``, ``pred_classes``,
+            ``pred_masks`` (N, H, W) bool when the model has a mask head).
+        """
+        inputs = self.preprocess(image_bgr)
+        with torch.no_grad(), inference_precision(self.cfg, self.model):
+            outputs = self.model([inputs])[0]
+        return {k: v.to("cpu") if hasattr(v, "to") else v for k, v in outputs.items()}

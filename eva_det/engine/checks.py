@@ -1,0 +1,351 @@
+"""Checks that run before anything is built: config overrides, dataset names, dataset paths.
+
+Each failing check raises :class:`eva_det.errors.InputError` with one message that names the key,
+dataset, file or variable that is wrong, close matches where they help, and the fix. The checks
+are cheap (no dataset json is parsed); problems that only show while a dataset json is read (a
+category id missing from its ``categories``) are explained by :func:`explain_dataset_errors`,
+which inspects the json only after detectron2's loader failed on it.
+
+Used by :mod:`eva_det.engine.launch` (``load_config`` + ``check_inputs`` before ``main`` builds
+the model). All messages are listed in ``docs/TROUBLESHOOTING.md``.
+"""
+
+import contextlib
+import difflib
+import inspect
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from detectron2.config import LazyConfig
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.registry import locate
+from omegaconf import OmegaConf
+
+from eva_det.data.robust_mapper import segmentation_problem
+from eva_det.errors import InputError
+
+__all__ = [
+    "JsonReport",
+    "apply_overrides",
+    "check_datasets",
+    "check_inputs",
+    "check_overrides",
+    "configured_datasets",
+    "explain_dataset_errors",
+    "inspect_coco_json",
+    "load_config",
+]
+
+logger = logging.getLogger(__name__)
+
+_ABSENT = object()
+#: Config keys that name datasets; the train one is skipped for ``--eval-only``.
+_DATASET_KEYS = (
+    "dataloader.train.dataset.names",
+    "dataloader.test.dataset.names",
+    "dataloader.evaluator.dataset_name",
+)
+_LAYOUT_HINT = (
+    "It should be the folder holding coco/, lvis/, Objects365/ (only those your recipe uses) as "
+    "laid out in datasets/README.md."
+)
+
+
+# ----------------------------------------------------------------------------- config overrides
+
+
+def load_config(config_file: str, overrides: Sequence[str] = ()):
+    """``LazyConfig.load(config_file)`` plus :func:`apply_overrides`, with clear errors.
+
+    Args:
+        config_file (str): path of a LazyConfig python file.
+        overrides (Sequence[str]): ``key=value`` strings (hydra syntax; ``+key=value`` adds a new
+            key on purpose).
+    """
+    if not os.path.isfile(config_file):
+        folder = os.path.dirname(config_file) or "."
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        close = difflib.get_close_matches(os.path.basename(config_file), names, n=3)
+        hint = f" Close matches in {folder}: {close}." if close else ""
+        raise InputError(
+            f"--config-file {config_file}: no such file (working directory {os.getcwd()}).{hint} "
+            "Config paths are relative to the working directory, e.g. "
+            "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py from the repository."
+        )
+    return apply_overrides(LazyConfig.load(config_file), overrides)
+
+
+def apply_overrides(cfg, overrides: Sequence[str]):
+    """:func:`check_overrides`, then detectron2's ``LazyConfig.apply_overrides`` (in place)."""
+    check_overrides(cfg, overrides)
+    return LazyConfig.apply_overrides(cfg, list(overrides))
+
+
+def check_overrides(cfg, overrides: Sequence[str]) -> None:
+    """Raise InputError for overrides of keys the config does not have.
+
+    detectron2 adds unknown keys silently, so ``train.max_iters=10`` would train for the default
+    number of iterations. A key is known if the config has it, or if its parent is a ``LazyCall``
+    whose target accepts an argument of that name (e.g. ``model.roi_heads.maskness_thresh``
+    when the config leaves it at its default). ``+key=value`` adds a key deliberately.
+
+    Args:
+        cfg: a LazyConfig (omegaconf) object.
+        overrides (Sequence[str]): ``key=value`` strings.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as e:
+        raise InputError(
+            f"Cannot parse the config overrides {list(overrides)}: {e}. Write them as key=value "
+            "(no spaces around '='; quote values with spaces, e.g. 'key=\"a b\"')."
+        ) from None
+    problems = []
+    for o in parsed:
+        if o.is_delete():
+            problems.append(f"{o.input_line}: deleting keys (~key) is not supported")
+        elif not o.is_add():
+            problem = _unknown_key_problem(cfg, o.key_or_group)
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise InputError(
+            "Config override(s) for keys the config does not have:\n  "
+            + "\n  ".join(problems)
+            + "\nFix the key name, or write +key=value to add a new key on purpose."
+        )
+
+
+def _select(cfg, key: str):
+    if not key:
+        return cfg
+    return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)
+
+
+def _unknown_key_problem(cfg, key: str) -> Optional[str]:
+    """None if ``key`` exists (or is an accepted argument); else a one-line description."""
+    if _select(cfg, key) is not _ABSENT:
+        return None
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, -1, -1):  # deepest existing parent
+        parent_key = ".".join(parts[:depth])
+        parent = _select(cfg, parent_key)
+        if parent is not _ABSENT:
+            break
+    missing = parts[depth]
+    where = f"{parent_key}.{missing}" if parent_key else missing
+    if OmegaConf.is_list(parent):
+        return f"{key}: {parent_key} is a list of {len(parent)} entries; index {missing} is invalid"
+    if not OmegaConf.is_dict(parent):
+        return f"{key}: {parent_key} is a value ({parent!r}), not a group of keys"
+    candidates = [k for k in parent.keys() if k != "_target_"]
+    if "_target_" in parent:
+        params, accepts_any = _call_arguments(parent._target_)
+        if depth == len(parts) - 1 and (missing in params or accepts_any):
+            return None  # an argument of the LazyCall target left at its default
+        candidates += params
+    close = difflib.get_close_matches(missing, sorted(set(candidates)), n=3, cutoff=0.6)
+    prefix = f"{parent_key}." if parent_key else ""
+    suggestion = " Did you mean " + " or ".join(prefix + c for c in close) + "?" if close else ""
+    return f"{key}: {where} does not exist.{suggestion}"
+
+
+def _call_arguments(target) -> Tuple[List[str], bool]:
+    """Keyword names ``target`` (class or function) accepts, and whether it accepts any name.
+
+    Classes are followed up their MRO while ``__init__`` passes ``**kwargs`` on.
+    """
+    if isinstance(target, str):
+        target = locate(target)
+    functions = []
+    if inspect.isclass(target):
+        functions = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
+    elif callable(target):
+        functions = [target]
+    names: List[str] = []
+    for fn in functions:
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return names, True
+        params = list(signature.parameters.values())
+        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return [n for n in names if n != "self"], False
+    return [n for n in names if n != "self"], True
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def configured_datasets(cfg, eval_only: bool = False) -> List[Tuple[str, str]]:
+    """``(config key, dataset name)`` for every dataset the run will read.
+
+    Args:
+        cfg: a LazyConfig with the usual ``dataloader.{train,test,evaluator}`` nodes.
+        eval_only (bool): skip the training datasets.
+    """
+    out = []
+    for key in _DATASET_KEYS:
+        if eval_only and key.startswith("dataloader.train"):
+            continue
+        names = _select(cfg, key)
+        if names is _ABSENT or names is None:
+            continue
+        if isinstance(names, str):
+            names = [names]
+        out += [(key, str(n)) for n in names]
+    return out
+
+
+def check_datasets(cfg, eval_only: bool = False) -> None:
+    """Raise InputError if a configured dataset is not registered or its files are missing.
+
+    Checks, without reading any dataset file: each name is registered (else the message lists
+    close registered names); ``$DETECTRON2_DATASETS``, when set, is an existing folder if a
+    dataset lives under it; each dataset's ``json_file`` and ``image_root`` metadata exist.
+    Synthetic shapes datasets are skipped for the file check: they are generated on first use.
+    """
+    registered = DatasetCatalog.list()
+    seen = set()
+    for key, name in configured_datasets(cfg, eval_only):
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+            hint = f" Close registered names: {', '.join(close)}." if close else ""
+            raise InputError(
+                f"{key}: dataset {name!r} is not registered.{hint} Fix the name, or register it "
+                "(e.g. detectron2.data.datasets.register_coco_instances) at the top of the "
+                "script that starts training, so every process registers it."
+            )
+        _check_dataset_files(name)
+
+
+def _check_dataset_files(name: str) -> None:
+    meta = MetadataCatalog.get(name)
+    shapes = meta.get("shapes_params")
+    paths = [("root", shapes["root"])] if shapes else []
+    paths += [(k, meta.get(k)) for k in ("json_file", "image_root") if meta.get(k) and not shapes]
+    if not paths:
+        return  # registered without file metadata: nothing to check before loading it
+    root = os.environ.get("DETECTRON2_DATASETS")
+    if root is not None and not os.path.isdir(os.path.expanduser(root)):
+        under = [p for _, p in paths if _is_under(p, os.path.expanduser(root))]
+        if under:
+            raise InputError(
+                f"DETECTRON2_DATASETS={root} does not exist (dataset {name!r} reads {under[0]}). "
+                f"Set DETECTRON2_DATASETS to the folder that holds your datasets. {_LAYOUT_HINT}"
+            )
+    for what, path in paths:
+        if shapes or os.path.exists(path):
+            continue
+        where = (
+            f"DETECTRON2_DATASETS={root}"
+            if root is not None
+            else f"DETECTRON2_DATASETS is not set, so datasets are read from ./datasets under "
+            f"the working directory {os.getcwd()}"
+        )
+        raise InputError(
+            f"Dataset {name!r}: its {what} {path} does not exist ({where}). Download the "
+            f"dataset or point DETECTRON2_DATASETS at the folder that holds it. {_LAYOUT_HINT}"
+        )
+
+
+def _is_under(path: str, root: str) -> bool:
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_inputs(cfg, eval_only: bool = False) -> None:
+    """All pre-build checks of a parsed config (overrides are checked in :func:`load_config`)."""
+    check_datasets(cfg, eval_only)
+
+
+# ----------------------------------------------------------------------------- dataset json files
+
+
+@dataclass
+class JsonReport:
+    """Problems found in one COCO-format json by :func:`inspect_coco_json`.
+
+    Attributes:
+        json_file (str): the file.
+        unknown_category_ids (dict[int, int]): category id used by annotations but absent from
+            ``categories`` -> number of such annotations.
+        unknown_examples (list[tuple[int, int]]): (image id, annotation id) of some of them.
+        bad_polygons (list[tuple[int, int, str]]): (image id, annotation id, reason) of
+            annotations without a usable polygon (empty, fewer than 3 points, zero area).
+    """
+
+    json_file: str
+    unknown_category_ids: dict = field(default_factory=dict)
+    unknown_examples: list = field(default_factory=list)
+    bad_polygons: list = field(default_factory=list)
+
+
+def inspect_coco_json(json_file: str) -> JsonReport:
+    """Read a COCO-format json and list unknown category ids and unusable polygons.
+
+    Reads the whole file (seconds to minutes for COCO / LVIS train): meant for diagnosis after
+    a failure and for checking a dataset by hand, e.g.
+    ``python -c "from eva_det.engine.checks import inspect_coco_json as i; print(i('x.json'))"``.
+    """
+    with open(json_file) as f:
+        data = json.load(f)
+    report = JsonReport(json_file=json_file)
+    known = {c["id"] for c in data.get("categories", [])}
+    unknown: Counter = Counter()
+    for ann in data.get("annotations", []):
+        if ann.get("category_id") not in known:
+            unknown[ann.get("category_id")] += 1
+            if len(report.unknown_examples) < 5:
+                report.unknown_examples.append((ann.get("image_id"), ann.get("id")))
+        if "segmentation" in ann and not ann.get("iscrowd", 0):
+            problem = segmentation_problem(ann["segmentation"])
+            if problem:
+                report.bad_polygons.append((ann.get("image_id"), ann.get("id"), problem))
+    report.unknown_category_ids = dict(sorted(unknown.items(), key=lambda kv: str(kv[0])))
+    return report
+
+
+@contextlib.contextmanager
+def explain_dataset_errors(cfg, eval_only: bool = False) -> Iterator[None]:
+    """Turn detectron2's "category_id=... does not exist in 'categories'" KeyError into InputError.
+
+    detectron2's COCO loader stops at the first unknown id without naming the file; on that error
+    the configured datasets' json files are inspected and every unknown id is reported.
+    """
+    try:
+        yield
+    except KeyError as e:
+        if "does not exist in 'categories'" not in str(e):
+            raise
+        reports = []
+        for _, name in configured_datasets(cfg, eval_only):
+            json_file = MetadataCatalog.get(name).get("json_file")
+            if json_file and os.path.isfile(json_file):
+                report = inspect_coco_json(json_file)
+                if report.unknown_category_ids:
+                    reports.append((name, report))
+        if not reports:
+            raise
+        lines = [
+            f"dataset {name!r}, {r.json_file}: category ids {list(r.unknown_category_ids)} "
+            f"(annotation counts {list(r.unknown_category_ids.values())}; e.g. (image id, "
+            f"annotation id) {r.unknown_examples}) are not in its 'categories'"
+            for name, r in reports
+        ]
+        raise InputError(
+            "Annotations use category ids their json file does not define:\n  "
+            + "\n  ".join(lines)
+            + "\nAdd those categories to 'categories', or fix / remove the annotations."
+        ) from None
