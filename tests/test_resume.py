@@ -129,6 +129,27 @@ def test_sampler_stream_restarts_at_the_saved_position(monkeypatch):
     assert [i for _, i in zip(range(6), resumed)] == stream[25:37:2]
 
 
+def test_configured_samplers_become_resumable():
+    from detectron2.config import LazyCall as L
+    from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
+
+    from eva_det.data.resumable_loader import (
+        ResumableRepeatFactorTrainingSampler,
+        _build_sampler,
+    )
+
+    factors = torch.tensor([1.0, 2.5, 1.0, 0.5, 3.0])
+    lvis_like = L(RepeatFactorTrainingSampler)(repeat_factors=factors, seed=5)
+    sampler = _build_sampler(lvis_like, 5)
+    assert type(sampler) is ResumableRepeatFactorTrainingSampler
+    stream = [i for _, i in zip(range(40), RepeatFactorTrainingSampler(factors, seed=5))]
+    assert [i for _, i in zip(range(40), sampler)] == stream  # same stream as detectron2's
+    sampler.start = 17
+    assert [i for _, i in zip(range(23), sampler)] == stream[17:]
+    default = _build_sampler(None, 7)
+    assert type(default) is ResumableTrainingSampler and isinstance(default, TrainingSampler)
+
+
 def _predictions(score):
     inst = Instances((128, 128))
     inst.pred_boxes = Boxes(torch.tensor([[10.0, 10.0, 60.0, 60.0]]))

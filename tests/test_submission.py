@@ -234,3 +234,12 @@ def test_validate_results_enforces_the_cap():
 def test_alg_name_cannot_break_the_file_name(test_sets, checkpoint, tmp_path):
     with pytest.raises(ValueError, match="letters, digits"):
         run_submission(_cfg(checkpoint), test_sets["coco"], "my_alg", str(tmp_path))
+
+
+def test_cli_keeps_overrides_after_tasks():
+    args = _load_tool().parse_args(
+        "--config-file c.py --dataset coco_2017_test-dev --alg eva-01 --output-dir out "
+        "--tasks bbox train.init_checkpoint=m.pth model.roi_heads.use_soft_nms=True".split()
+    )
+    assert args.tasks == ["bbox"]
+    assert args.opts == ["train.init_checkpoint=m.pth", "model.roi_heads.use_soft_nms=True"]

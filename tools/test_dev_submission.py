@@ -11,6 +11,9 @@ Example (EVA-01 on COCO test-dev; boxes without maskness, masks with it, as EVA 
         model.roi_heads.override_score_thresh=0.0
 
 writes ``out/test-dev-box/bbox.zip`` holding ``detections_test-dev2017_eva-01_results.json``.
+The mask upload: the same with ``--tasks segm --output-dir out/test-dev-mask`` and
+``model.roi_heads.maskness_thresh=0.5`` appended (writes ``segm.zip``). LVIS test sets
+(``lvis_v1_test_dev``) get ``segm.zip`` with at most 300 detections per image.
 A rerun with the same arguments resumes from ``<output-dir>/cache``. One process (one GPU).
 All the work is done by :func:`eva_det.evaluation.submission.run_submission`.
 """
@@ -49,10 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tasks",
-        nargs="+",
-        choices=("bbox", "segm"),
+        type=lambda text: text.split(","),
         default=None,
-        help="zips to write (default: COCO bbox and segm, LVIS segm)",
+        help="zips to write, comma-separated: bbox, segm or bbox,segm "
+        "(default: COCO bbox,segm; LVIS segm)",
     )
     parser.add_argument(
         "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per cache shard"

@@ -56,5 +56,14 @@ def run_cli(argv=None) -> None:
             args=(args,),
         )
     except InputError as e:
-        logger.error("%s", e)
+        logger.error("%s", _message(e))
         raise SystemExit(2) from None
+
+
+def _message(error: InputError) -> str:
+    """The error's message; for one re-raised from a data-loader worker, without the worker's
+    traceback that PyTorch puts in front of it."""
+    text = str(error)
+    if "Original Traceback" in text:
+        text = text.rsplit(f"{InputError.__name__}: ", 1)[-1]
+    return text

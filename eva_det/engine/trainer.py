@@ -118,6 +118,8 @@ class _GuardedStep:
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
         with self._autocast():
             loss_dict = self.model(data)
             if isinstance(loss_dict, torch.Tensor):
@@ -127,7 +129,8 @@ class _GuardedStep:
                 losses = sum(loss_dict.values())
         self._check_finite_loss(loss_dict, losses)
 
-        self.optimizer.zero_grad()
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
         self._backward(losses)
         self.after_backward()
         if self.clip_grad["enabled"]:
@@ -199,15 +202,18 @@ class _GuardedStep:
 class EVATrainer(_GuardedStep, SimpleTrainer):
     """``SimpleTrainer`` with the loss guard and ``train.clip_grad`` (module docstring)."""
 
-    def __init__(self, model, data_loader, optimizer, *, clip_grad=None, checkpoint_dir=""):
+    def __init__(
+        self, model, data_loader, optimizer, *, clip_grad=None, checkpoint_dir="", **kwargs
+    ):
         """
         Args:
-            model, data_loader, optimizer: as for detectron2's ``SimpleTrainer``.
+            model, data_loader, optimizer, **kwargs: as for detectron2's ``SimpleTrainer``
+                (``gather_metric_period``, ``zero_grad_before_forward``, ...).
             clip_grad (dict or None): ``train.clip_grad`` settings (see
                 :func:`clip_grad_config`); None = no clipping.
             checkpoint_dir (str): where ``last_checkpoint`` lives (named in loss errors).
         """
-        super().__init__(model, data_loader, optimizer)
+        super().__init__(model, data_loader, optimizer, **kwargs)
         self.clip_grad = {**CLIP_GRAD_DEFAULTS, **(clip_grad or {})}
         self.checkpoint_dir = checkpoint_dir
 
