@@ -67,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     from eva_det.demo.predictor import set_score_threshold
 
     args, overrides = parse_args(argv)
-    setup_logger(name="eva_det", abbrev_name="eva_det")
+    setup_logger(name="eva_det", abbrev_name="eva_det", enable_propagation=True)
     setup_logger(name="fvcore")
     logger = logging.getLogger("eva_det.demo")
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), overrides)

@@ -8,6 +8,8 @@ dataset names and paths); ``run_cli`` prints an :class:`eva_det.errors.InputErro
 import logging
 
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from eva_det.errors import InputError
 
@@ -27,6 +29,11 @@ def main(args) -> dict:
     cfg = load_config(args.config_file, args.opts)  # unknown override keys are errors
     check_inputs(cfg, eval_only=args.eval_only)  # dataset names / files, DETECTRON2_DATASETS
     default_setup(cfg, args)
+    # eva_det's own INFO logs (progress, load reports) on the console and in log.txt
+    setup_logger(
+        cfg.train.output_dir, comm.get_rank(), name="eva_det", abbrev_name="eva_det",
+        enable_propagation=True,
+    )
     with explain_dataset_errors(cfg, eval_only=args.eval_only):  # unknown category ids
         if args.eval_only:
             model = build_model(cfg)
