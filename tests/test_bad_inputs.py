@@ -24,7 +24,7 @@ from detectron2.data import (
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 from shrink import load_config
-from tiny_cli import one_thread, train_args
+from tiny_cli import isolated_logging, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.data.robust_mapper import RobustDatasetMapper
@@ -40,6 +40,12 @@ SIZE_128 = [
     "dataloader.test.mapper.augmentations.0.short_edge_length=128",
     "dataloader.test.mapper.augmentations.0.max_size=128",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging():
+    with isolated_logging():  # CLI runs reconfigure loggers; later tests' caplog needs them
+        yield
 
 
 @pytest.fixture

@@ -18,11 +18,17 @@ loss to ~1e-4 relative, and later iterations (after slightly different updates) 
 import os
 
 import pytest
-from tiny_cli import cli_process, metrics, one_thread, train_args
+from tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 from eva_det.engine.launch import run_cli
 
 ITERS = ["train.max_iter=4", "train.checkpointer.period=100"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging():
+    with isolated_logging():  # CLI runs reconfigure loggers; later tests' caplog needs them
+        yield
 
 
 def test_two_processes_match_one(tmp_path, repo_root, mini_shapes, monkeypatch):

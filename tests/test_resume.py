@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
-from tiny_cli import cli_process, metrics, one_thread, train_args
+from tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 import eva_det.evaluation.coco_evaluation as coco_evaluation
 from eva_det.checkpoint.checkpointer import EVACheckpointer
@@ -26,6 +26,12 @@ from eva_det.errors import InputError
 from eva_det.evaluation import COCOEvaluator
 
 ITERS = ["train.max_iter=8", "train.checkpointer.period=2"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging():
+    with isolated_logging():  # CLI runs reconfigure loggers; later tests' caplog needs them
+        yield
 
 
 def _weights(path):

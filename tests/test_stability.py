@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.engine import hooks
 from shrink import load_config
-from tiny_cli import metrics, one_thread, train_args
+from tiny_cli import isolated_logging, metrics, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.engine.launch import run_cli
@@ -21,6 +21,12 @@ from eva_det.engine.trainer import (
 from eva_det.errors import InputError
 
 W0 = [1.0, -2.0, 3.0]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging():
+    with isolated_logging():  # CLI runs reconfigure loggers; later tests' caplog needs them
+        yield
 
 
 class Toy(torch.nn.Module):

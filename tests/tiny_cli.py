@@ -7,6 +7,7 @@ ranks, so that two runs can be compared number for number, and :data:`FAST`.
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -99,3 +100,22 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def isolated_logging():
+    """Undo what a CLI run's ``default_setup`` does to the detectron2 / fvcore / eva_det loggers.
+
+    It turns their propagation off and adds handlers, after which pytest's ``caplog`` of later
+    tests no longer sees their records.
+    """
+    loggers = [logging.getLogger(name) for name in ("detectron2", "fvcore", "eva_det")]
+    saved = [(lg, lg.propagate, lg.level, list(lg.handlers)) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, propagate, level, handlers in saved:
+            for handler in [h for h in lg.handlers if h not in handlers]:
+                lg.removeHandler(handler)
+                handler.close()
+            lg.propagate, lg.level = propagate, level

@@ -135,7 +135,12 @@ class _GuardedStep:
         self.after_backward()
         if self.clip_grad["enabled"]:
             self._clip_gradients()
-        self._write_metrics(loss_dict, data_time)
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(
+                self._write_metrics, loss_dict, data_time, iter=self.iter
+            )
+        else:
+            self._write_metrics(loss_dict, data_time)
         self._optimizer_step()
 
     def _trained_parameters(self) -> List[torch.Tensor]:

@@ -72,16 +72,16 @@ model.roi_heads.mask_head.input_shape.channels = fpn_dim
 model.proposal_generator.head.in_channels = fpn_dim
 
 # optimisation: from scratch, short schedule
-optimizer.lr = 4e-4
+optimizer.lr = 8e-4
 optimizer.params.lr_factor_func = None
-train.max_iter = 1200
-lr_multiplier.scheduler.milestones = [1000, 1150]
+train.max_iter = 450
+lr_multiplier.scheduler.milestones = [380, 430]
 lr_multiplier.scheduler.num_updates = train.max_iter
-lr_multiplier.warmup_length = 100 / train.max_iter
+lr_multiplier.warmup_length = 50 / train.max_iter
 train.amp.enabled = False
 train.device = "cpu"
 train.output_dir = "output/shapes_tiny"
 train.eval_period = 0
-train.checkpointer.period = 400
+train.checkpointer.period = 150
 train.checkpointer.max_to_keep = 2
 train.log_period = 20
