@@ -33,7 +33,7 @@ dataloader.train.mapper.instance_mask_format = "bitmask"
 dataloader.test.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size)
 ]
-dataloader.train.total_batch_size = 8
+dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 1
 dataloader.test.num_workers = 1
 dataloader.evaluator = L(COCOEvaluator)(
@@ -72,16 +72,16 @@ model.roi_heads.mask_head.input_shape.channels = fpn_dim
 model.proposal_generator.head.in_channels = fpn_dim
 
 # optimisation: from scratch, short schedule
-optimizer.lr = 8e-4
+optimizer.lr = 5e-4
 optimizer.params.lr_factor_func = None
-train.max_iter = 450
-lr_multiplier.scheduler.milestones = [380, 430]
+train.max_iter = 200
+lr_multiplier.scheduler.milestones = [160, 190]
 lr_multiplier.scheduler.num_updates = train.max_iter
-lr_multiplier.warmup_length = 50 / train.max_iter
+lr_multiplier.warmup_length = 20 / train.max_iter
 train.amp.enabled = False
 train.device = "cpu"
 train.output_dir = "output/shapes_tiny"
 train.eval_period = 0
-train.checkpointer.period = 150
+train.checkpointer.period = 100
 train.checkpointer.max_to_keep = 2
 train.log_period = 20
