@@ -44,9 +44,14 @@ def bench_block(spec, size, global_attn, args, device, dtype, sync):
     grid = size // 16
     torch.manual_seed(0)
     kw = dict(
-        dim=spec["dim"], num_heads=spec["heads"], mlp_ratio=spec["mlp_ratio"], use_rel_pos=True,
-        rel_pos_zero_init=False, window_size=0 if global_attn else spec["window"],
-        input_size=(80, 80), beit_like_qkv_bias=True,
+        dim=spec["dim"],
+        num_heads=spec["heads"],
+        mlp_ratio=spec["mlp_ratio"],
+        use_rel_pos=True,
+        rel_pos_zero_init=False,
+        window_size=0 if global_attn else spec["window"],
+        input_size=(80, 80),
+        beit_like_qkv_bias=True,
     )
     blocks = {}
     for impl in ("plain", "sdpa", "augmented"):
@@ -77,17 +82,33 @@ def main():
     p.add_argument("--sizes", nargs="+", type=int, default=[1024, 1280, 1536])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--max-bytes", type=float, default=4e9,
-                   help="skip a plain global block whose attention would exceed this")
+    p.add_argument(
+        "--max-bytes",
+        type=float,
+        default=4e9,
+        help="skip a plain global block whose attention would exceed this",
+    )
     args = p.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(f"# reproduce: python bench/backbone.py --device {args.device} --dtype {args.dtype} "
-          f"--models {' '.join(args.models)} --sizes {' '.join(map(str, args.sizes))} "
-          f"--batch {args.batch} --repeat {args.repeat}")
+    print(
+        f"# reproduce: python bench/backbone.py --device {args.device} --dtype {args.dtype} "
+        f"--models {' '.join(args.models)} --sizes {' '.join(map(str, args.sizes))} "
+        f"--batch {args.batch} --repeat {args.repeat}"
+    )
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
-    header = ("model", "size", "block", "plain fwd s", "sdpa fwd s", "fwd x",
-              "plain f+b s", "sdpa f+b s", "f+b x", "max rel err")
+    header = (
+        "model",
+        "size",
+        "block",
+        "plain fwd s",
+        "sdpa fwd s",
+        "fwd x",
+        "plain f+b s",
+        "sdpa f+b s",
+        "f+b x",
+        "max rel err",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in args.models:
@@ -99,8 +120,10 @@ def main():
                 r = bench_block(spec, size, global_attn, args, device, dtype, sync)
                 kind = "global" if global_attn else f"window{spec['window']}"
                 if r is None:
-                    print(f"| {name} | {size} | {kind} | skipped (plain attention > "
-                          f"{args.max_bytes / 1e9:.0f} GB) |")
+                    print(
+                        f"| {name} | {size} | {kind} | skipped (plain attention > "
+                        f"{args.max_bytes / 1e9:.0f} GB) |"
+                    )
                     complete = False
                     continue
                 res, err = r
@@ -109,12 +132,16 @@ def main():
                     totals[impl][1] += count * res[impl][1]
                 pf, pb = res["plain"]
                 sf, sb = res["sdpa"]
-                print(f"| {name} | {size} | {kind} | {pf:.3f} | {sf:.3f} | {pf / sf:.2f} | "
-                      f"{pb:.3f} | {sb:.3f} | {pb / sb:.2f} | {err:.1e} |")
+                print(
+                    f"| {name} | {size} | {kind} | {pf:.3f} | {sf:.3f} | {pf / sf:.2f} | "
+                    f"{pb:.3f} | {sb:.3f} | {pb / sb:.2f} | {err:.1e} |"
+                )
             if complete:
                 (pf, pb), (sf, sb) = totals["plain"], totals["sdpa"]
-                print(f"| {name} | {size} | whole backbone | {pf:.2f} | {sf:.2f} | {pf / sf:.2f} | "
-                      f"{pb:.2f} | {sb:.2f} | {pb / sb:.2f} | |")
+                print(
+                    f"| {name} | {size} | whole backbone | {pf:.2f} | {sf:.2f} | {pf / sf:.2f} | "
+                    f"{pb:.2f} | {sb:.2f} | {pb / sb:.2f} | |"
+                )
 
 
 if __name__ == "__main__":

@@ -27,16 +27,27 @@ def main():
 
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", "from eva_det.data import ensure_shapes as e; "
-         "e('shapes_train'); e('shapes_val')"],
-        cwd=REPO, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from eva_det.data import ensure_shapes as e; e('shapes_train'); e('shapes_val')",
+        ],
+        cwd=REPO,
+        check=True,
     )
     gen_s = time.perf_counter() - t0
 
-    cmd = [sys.executable, "tools/lazyconfig_train_net.py", "--config-file", CONFIG,
-           f"train.output_dir={args.output_dir}"] + args.opts
-    print("# reproduce: python bench/shapes_main_job.py " + " ".join(
-        [f"--output-dir {args.output_dir}"] + args.opts))
+    cmd = [
+        sys.executable,
+        "tools/lazyconfig_train_net.py",
+        "--config-file",
+        CONFIG,
+        f"train.output_dir={args.output_dir}",
+    ] + args.opts
+    print(
+        "# reproduce: python bench/shapes_main_job.py "
+        + " ".join([f"--output-dir {args.output_dir}"] + args.opts)
+    )
     t1 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     job_s = time.perf_counter() - t1
@@ -49,8 +60,10 @@ def main():
     print("| dataset generation s | train + eval s | iterations | box AP | mask AP | goal met |")
     print("|---|---|---|---|---|---|")
     ok = job_s <= 600 and box >= 50 and mask >= 45
-    print(f"| {gen_s:.0f} | {job_s:.0f} | {iters} | {box:.1f} | {mask:.1f} | "
-          f"{'yes' if ok else 'no'} (box >= 50, mask >= 45, <= 600 s) |")
+    print(
+        f"| {gen_s:.0f} | {job_s:.0f} | {iters} | {box:.1f} | {mask:.1f} | "
+        f"{'yes' if ok else 'no'} (box >= 50, mask >= 45, <= 600 s) |"
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ import os
 
 import torch
 from detectron2.config import instantiate
+from shrink import EVA01_SHRINK, load_config
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer, atomic_torch_save
-from shrink import EVA01_SHRINK, load_config
 
 COCO = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py"
 COCO_1536 = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva_1536.py"
@@ -66,8 +66,10 @@ def test_o365_checkpoint_into_coco_reports_what_was_skipped(tmp_path, caplog):
         model, report = _load(COCO, path)
     skipped = {k: (tuple(a), tuple(b)) for k, a, b in report.incorrect_shapes}
     assert skipped == {
-        f"roi_heads.box_predictor.{i}.cls_score.{w}": ((366, 1024) if w == "weight" else (366,),
-                                                        (81, 1024) if w == "weight" else (81,))
+        f"roi_heads.box_predictor.{i}.cls_score.{w}": (
+            (366, 1024) if w == "weight" else (366,),
+            (81, 1024) if w == "weight" else (81,),
+        )
         for i in range(3)
         for w in ("weight", "bias")
     }
@@ -75,8 +77,12 @@ def test_o365_checkpoint_into_coco_reports_what_was_skipped(tmp_path, caplog):
     assert set(report.missing_keys) == mask_keys | set(skipped)
     assert report.unexpected_keys == []
     # backbone, pyramid, RPN and box-head trunk are loaded
-    for k in ("backbone.net.blocks.0.attn.qkv.weight", "backbone.simfp_2.0.weight",
-              "proposal_generator.rpn_head.conv.conv0.weight", "roi_heads.box_head.2.fc1.weight"):
+    for k in (
+        "backbone.net.blocks.0.attn.qkv.weight",
+        "backbone.simfp_2.0.weight",
+        "proposal_generator.rpn_head.conv.conv0.weight",
+        "roi_heads.box_head.2.fc1.weight",
+    ):
         assert torch.equal(model.state_dict()[k], src_sd[k]), k
     assert "Partial checkpoint load" in caplog.text and "366" in caplog.text
 

@@ -198,3 +198,16 @@ def test_set_score_threshold():
     cfg = load_config(CONFIG, ["model.roi_heads.override_score_thresh=0.0"])
     set_score_threshold(cfg, 0.3)  # an explicit evaluation setting is kept
     assert cfg.model.roi_heads.override_score_thresh == 0.0
+
+
+def test_predictor_runs_tta_from_the_config(demo_setup):
+    """test.aug.enabled wraps the model for TTA (in eval mode); outputs are in input coordinates."""
+    root, _ = demo_setup
+    cfg = load_config(CONFIG, OVERRIDES + ["test.aug.enabled=True", "test.aug.min_sizes=[96,128]"])
+    cfg.train.init_checkpoint = str(root / "weights.pth")
+    predictor = LazyPredictor(cfg)
+    assert predictor.model is not predictor.detector and not predictor.model.training
+    instances = predictor(cv2.imread(str(root / "in" / "sub" / "b.png")))["instances"]
+    assert instances.image_size == (128, 160) and len(instances) > 0
+    boxes = instances.pred_boxes.tensor
+    assert boxes[:, 2].max() <= 160 and boxes[:, 3].max() <= 128

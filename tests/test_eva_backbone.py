@@ -11,8 +11,14 @@ from eva_det.modeling.backbone.eva_vit import EVAViT
 from eva_det.modeling.backbone.rel_pos import beit_source_offsets, get_rel_pos, resize_rel_pos
 
 TINY = dict(
-    img_size=128, embed_dim=64, depth=4, num_heads=4, window_size=4,
-    window_block_indexes=[0, 1, 3], use_rel_pos=True, rel_pos_zero_init=False,
+    img_size=128,
+    embed_dim=64,
+    depth=4,
+    num_heads=4,
+    window_size=4,
+    window_block_indexes=[0, 1, 3],
+    use_rel_pos=True,
+    rel_pos_zero_init=False,
 )
 
 
@@ -53,12 +59,13 @@ def _plain_reference_attention(attn_module, x):
     Rw = get_rel_pos(W, W, attn_module.rel_pos_w, attn_module.interp_type)
     outs = []
     for h in range(nh):
-        qh, kh, vh = (t[..., h * hd:(h + 1) * hd] for t in (q, k, v))
+        qh, kh, vh = (t[..., h * hd : (h + 1) * hd] for t in (q, k, v))
         logits = (qh * hd**-0.5) @ kh.transpose(-1, -2)  # (B, N, N)
         rq = qh.reshape(B, H, W, hd)
-        rel = torch.einsum("bijc,ikc->bijk", rq, Rh)[..., :, None] + torch.einsum(
-            "bijc,jlc->bijl", rq, Rw
-        )[..., None, :]
+        rel = (
+            torch.einsum("bijc,ikc->bijk", rq, Rh)[..., :, None]
+            + torch.einsum("bijc,jlc->bijl", rq, Rw)[..., None, :]
+        )
         logits = logits + rel.reshape(B, H * W, H * W)
         outs.append(logits.softmax(-1) @ vh)
     out = torch.cat(outs, dim=-1).reshape(B, H, W, C)
@@ -133,7 +140,9 @@ def test_beit_resize_matches_scipy_cubic_spline():
         dx = np.arange(-t, t + 0.1, 1.0)
         ref = np.stack(
             [
-                interpolate.interp1d(x, table[:, c].numpy(), kind="cubic", fill_value="extrapolate")(dx)
+                interpolate.interp1d(
+                    x, table[:, c].numpy(), kind="cubic", fill_value="extrapolate"
+                )(dx)
                 for c in range(8)
             ],
             axis=1,
@@ -169,8 +178,18 @@ def test_state_dict_names_follow_official_layout():
     for i in range(2):
         p = f"blocks.{i}."
         expected |= {p + f"{n}.{w}" for n in ("norm1", "norm2") for w in ("weight", "bias")}
-        expected |= {p + "attn." + n for n in ("q_bias", "v_bias", "qkv.weight", "proj.weight",
-                                                "proj.bias", "rel_pos_h", "rel_pos_w")}
+        expected |= {
+            p + "attn." + n
+            for n in (
+                "q_bias",
+                "v_bias",
+                "qkv.weight",
+                "proj.weight",
+                "proj.bias",
+                "rel_pos_h",
+                "rel_pos_w",
+            )
+        }
         expected |= {p + f"mlp.{fc}.{w}" for fc in ("fc1", "fc2") for w in ("weight", "bias")}
     assert names == expected
     assert m.pos_embed.shape == (1, 1 + 14 * 14, 64)

@@ -4,10 +4,10 @@ import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.structures import Instances
+from shrink import EVA01_SHRINK, load_config
 
 from eva_det.layers import soft_nms_sequential_reference
 from eva_det.roi_heads import SoftNMSParams, eva_fast_rcnn_inference, maskness_scores
-from shrink import EVA01_SHRINK, load_config
 
 
 def _random_predictions(num_props=40, num_classes=5, seed=0):
@@ -38,8 +38,15 @@ def test_soft_nms_path_matches_sequential_reference(class_wise, method):
     # independent: threshold 0, every (proposal, class) pair, one sequential soft-NMS
     fg = scores[:, :-1]
     inds = (fg > 0).nonzero()
-    clipped = torch.stack([boxes[:, 0].clamp(0, 120), boxes[:, 1].clamp(0, 100),
-                           boxes[:, 2].clamp(0, 120), boxes[:, 3].clamp(0, 100)], dim=1)
+    clipped = torch.stack(
+        [
+            boxes[:, 0].clamp(0, 120),
+            boxes[:, 1].clamp(0, 100),
+            boxes[:, 2].clamp(0, 120),
+            boxes[:, 3].clamp(0, 100),
+        ],
+        dim=1,
+    )
     cand_boxes, cand_scores, cand_cls = clipped[inds[:, 0]], fg[inds[:, 0], inds[:, 1]], inds[:, 1]
     groups = cand_cls if class_wise else torch.zeros_like(cand_cls)
     keep, ref_scores = soft_nms_sequential_reference(
@@ -75,17 +82,22 @@ def test_bad_soft_nms_method_names_the_key():
 
 
 def _tiny_model(extra):
-    cfg = load_config("projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py",
-                      EVA01_SHRINK + extra)
+    cfg = load_config(
+        "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py", EVA01_SHRINK + extra
+    )
     torch.manual_seed(0)
     return instantiate(cfg.model).eval()
 
 
 def test_official_eval_flags_change_outputs_as_specified():
-    flags = ["model.roi_heads.use_soft_nms=True", "model.roi_heads.method=linear",
-             "model.roi_heads.iou_threshold=0.6", "model.roi_heads.override_score_thresh=0.0",
-             # 2 proposals x 80 classes: the mask head runs on every kept box (CPU time)
-             "model.proposal_generator.post_nms_topk=[1000,2]"]
+    flags = [
+        "model.roi_heads.use_soft_nms=True",
+        "model.roi_heads.method=linear",
+        "model.roi_heads.iou_threshold=0.6",
+        "model.roi_heads.override_score_thresh=0.0",
+        # 2 proposals x 80 classes: the mask head runs on every kept box (CPU time)
+        "model.proposal_generator.post_nms_topk=[1000,2]",
+    ]
     image = {"image": torch.rand(3, 96, 128) * 255, "height": 96, "width": 128}
     base = _tiny_model(flags)
     with torch.no_grad():

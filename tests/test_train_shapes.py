@@ -33,9 +33,15 @@ def test_training_lowers_loss_and_evaluates(tmp_path, repo_root, mini_shapes):
     run_cli(
         ["--config-file", CONFIG]
         + _common(tmp_path)
-        + ["train.max_iter=30", "train.log_period=1", "train.checkpointer.period=20",
-           "optimizer.lr=1e-3", "lr_multiplier.warmup_length=0.1",
-           "lr_multiplier.scheduler.milestones=[25,28]", "lr_multiplier.scheduler.num_updates=30"]
+        + [
+            "train.max_iter=30",
+            "train.log_period=1",
+            "train.checkpointer.period=20",
+            "optimizer.lr=1e-3",
+            "lr_multiplier.warmup_length=0.1",
+            "lr_multiplier.scheduler.milestones=[25,28]",
+            "lr_multiplier.scheduler.num_updates=30",
+        ]
     )
     with open(os.path.join(tmp_path, "metrics.json")) as f:
         rows = [json.loads(line) for line in f if "total_loss" in line]

@@ -12,7 +12,9 @@ from detectron2.config import LazyCall as L
 __all__ = ["lsj_train_augmentations", "lsj_test_augmentations", "set_lsj_image_size"]
 
 
-def lsj_train_augmentations(image_size: int, min_scale: float = 0.1, max_scale: float = 2.0) -> List:
+def lsj_train_augmentations(
+    image_size: int, min_scale: float = 0.1, max_scale: float = 2.0
+) -> List:
     """Flip, resize by a random scale of ``image_size`` and crop to ``image_size`` squared."""
     return [
         L(T.RandomFlip)(horizontal=True),

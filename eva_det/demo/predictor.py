@@ -93,7 +93,7 @@ class LazyPredictor:
                 )
             load_checkpoint_for_eval(cfg, model)
         self.detector = model
-        self.model = build_tta_model(cfg, model)
+        self.model = build_tta_model(cfg, model).eval()  # a TTA wrapper starts in train mode
         self.augmentations = T.AugmentationList(
             instantiate(cfg.dataloader.test.mapper.augmentations)
         )

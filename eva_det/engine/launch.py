@@ -31,7 +31,10 @@ def main(args) -> dict:
     default_setup(cfg, args)
     # eva_det's own INFO logs (progress, load reports) on the console and in log.txt
     setup_logger(
-        cfg.train.output_dir, comm.get_rank(), name="eva_det", abbrev_name="eva_det",
+        cfg.train.output_dir,
+        comm.get_rank(),
+        name="eva_det",
+        abbrev_name="eva_det",
         enable_propagation=True,
     )
     with explain_dataset_errors(cfg, eval_only=args.eval_only):  # unknown category ids

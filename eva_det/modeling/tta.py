@@ -204,7 +204,9 @@ class GeneralizedRCNNWithTTA(nn.Module):
         if isinstance(predictor, nn.ModuleList):  # cascade: the last stage's settings
             predictor = predictor[-1]
         scores_2d = boxes.new_zeros(len(boxes), predictor.num_classes + 1)  # + background
-        scores_2d[torch.arange(len(boxes), device=boxes.device), classes] = scores
+        scores_2d[torch.arange(len(boxes), device=boxes.device), classes] = scores.to(
+            scores_2d.dtype
+        )
         soft_nms = roi_heads.soft_nms_params if getattr(roi_heads, "use_soft_nms", False) else None
         merged, _ = eva_fast_rcnn_inference(
             [boxes],

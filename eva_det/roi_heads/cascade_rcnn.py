@@ -48,7 +48,9 @@ class EVACascadeROIHeads(CascadeROIHeads):
     ):
         super().__init__(**kwargs)
         self.use_soft_nms = use_soft_nms
-        self.soft_nms_params = SoftNMSParams(method, iou_threshold, sigma, class_wise, soft_nms_topk)
+        self.soft_nms_params = SoftNMSParams(
+            method, iou_threshold, sigma, class_wise, soft_nms_topk
+        )
         self.override_score_thresh = override_score_thresh
         self.maskness_thresh = maskness_thresh
 

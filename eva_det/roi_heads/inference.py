@@ -75,8 +75,13 @@ def _soft_nms_single_image(
     classes = filter_inds[:, 1]
     groups = classes if params.class_wise else torch.zeros_like(classes)
     keep, new_scores = batched_soft_nms(
-        boxes, scores, groups, method=params.method, iou_threshold=params.iou_threshold,
-        sigma=params.sigma, min_score=params.min_score,
+        boxes,
+        scores,
+        groups,
+        method=params.method,
+        iou_threshold=params.iou_threshold,
+        sigma=params.sigma,
+        min_score=params.min_score,
     )
     if params.topk is not None and params.topk >= 0:
         keep, new_scores = keep[: params.topk], new_scores[: params.topk]
@@ -114,7 +119,9 @@ def eva_fast_rcnn_inference(
     for b, s, shape in zip(boxes, scores, image_shapes):
         if soft_nms is None:
             results.append(
-                fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
+                fast_rcnn_inference_single_image(
+                    b, s, shape, score_thresh, nms_thresh, topk_per_image
+                )
             )
         else:
             results.append(_soft_nms_single_image(b, s, shape, score_thresh, soft_nms))

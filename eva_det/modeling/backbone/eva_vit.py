@@ -228,7 +228,10 @@ class Block(nn.Module):
         self.use_residual_block = use_residual_block
         if use_residual_block:
             self.residual = ResBottleneckBlock(
-                in_channels=dim, out_channels=dim, bottleneck_channels=dim // 2, norm="LN",
+                in_channels=dim,
+                out_channels=dim,
+                bottleneck_channels=dim // 2,
+                norm="LN",
                 act_layer=act_layer,
             )
         self.beit_like_gamma = beit_like_gamma
@@ -326,8 +329,11 @@ class EVAViT(Backbone):
         super().__init__()
         if act_checkpoint_every < 1:
             raise ValueError(f"act_checkpoint_every must be >= 1, got {act_checkpoint_every}")
-        bad = [i for i in list(window_block_indexes) + list(residual_block_indexes)
-               if not 0 <= i < depth]
+        bad = [
+            i
+            for i in list(window_block_indexes) + list(residual_block_indexes)
+            if not 0 <= i < depth
+        ]
         if bad:
             raise ValueError(f"block indexes {bad} are outside 0..{depth - 1} (depth={depth})")
         self.pretrain_use_cls_token = pretrain_use_cls_token
@@ -393,7 +399,9 @@ class EVAViT(Backbone):
         """x: (B, 3, H, W) -> {out_feature: (B, embed_dim, H/patch, W/patch)}."""
         x = self.patch_embed(x)  # (B, h, w, C)
         if self.pos_embed is not None:
-            x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token, (x.shape[1], x.shape[2]))
+            x = x + get_abs_pos(
+                self.pos_embed, self.pretrain_use_cls_token, (x.shape[1], x.shape[2])
+            )
         for i, blk in enumerate(self.blocks):
             if (
                 self.use_act_checkpoint

@@ -72,16 +72,16 @@ model.roi_heads.mask_head.input_shape.channels = fpn_dim
 model.proposal_generator.head.in_channels = fpn_dim
 
 # optimisation: from scratch, short schedule
-optimizer.lr = 5e-4
+optimizer.lr = 6e-4
 optimizer.params.lr_factor_func = None
-train.max_iter = 200
-lr_multiplier.scheduler.milestones = [160, 190]
+train.max_iter = 900
+lr_multiplier.scheduler.milestones = [750, 860]
 lr_multiplier.scheduler.num_updates = train.max_iter
-lr_multiplier.warmup_length = 20 / train.max_iter
+lr_multiplier.warmup_length = 50 / train.max_iter
 train.amp.enabled = False
 train.device = "cpu"
 train.output_dir = "output/shapes_tiny"
 train.eval_period = 0
-train.checkpointer.period = 100
+train.checkpointer.period = 300
 train.checkpointer.max_to_keep = 2
 train.log_period = 20
