@@ -2,7 +2,7 @@
 # (eva02_B_pt_in21k_p14to16; released as eva02_B_lvis_bsl: 47.1 box / 41.4 mask AP): the COCO
 # recipe with LVIS data and heads, lr 1e-4.
 # 50k iters * 128 images/iter / 100k images/epoch = 64 epochs; lr steps at 80% and 90%.
-from eva_det.config import get_config, set_lsj_image_size
+from eva_det.config import use_lvis_federated
 
 from ..eva2_mim_to_coco.eva2_coco_cascade_mask_rcnn_vitdet_b_4attn_1024_lrd0p7 import (
     lr_multiplier,
@@ -13,14 +13,8 @@ from ..eva2_mim_to_coco.eva2_coco_cascade_mask_rcnn_vitdet_b_4attn_1024_lrd0p7 i
 )
 
 # LVIS v1: loader at the model's input size, 1203 classes, federated loss (shared blocks).
-_lvis = get_config("common/data/lvis_federated.py")
-dataloader = _lvis.dataloader
-set_lsj_image_size(dataloader, model.backbone.square_pad)
-dataloader.train.total_batch_size = 128
+dataloader = use_lvis_federated(model, image_size=model.backbone.square_pad, total_batch_size=128)
 dataloader.test.num_workers = 0
-model.roi_heads.update(_lvis.roi_heads)
-for _predictor in model.roi_heads.box_predictors:
-    _predictor.update(_lvis.box_predictor)
 
 optimizer.lr = 1e-4
 
