@@ -37,7 +37,7 @@ from detectron2.utils.file_io import PathManager
 
 from eva_det.checkpoint.checkpointer import atomic_torch_save
 
-from .coco_json import instances_to_coco_json
+from .coco_json import prediction_from_output
 
 __all__ = [
     "BACKENDS",
@@ -244,12 +244,7 @@ class COCOEvaluator(_D2COCOEvaluator):
     def process(self, inputs, outputs):
         """detectron2's ``process`` with :func:`.coco_json.instances_to_coco_json`."""
         for inp, out in zip(inputs, outputs):
-            prediction = {"image_id": inp["image_id"]}
-            if "instances" in out:
-                instances = out["instances"].to(self._cpu_device)
-                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
-            if "proposals" in out:
-                prediction["proposals"] = out["proposals"].to(self._cpu_device)
+            prediction = prediction_from_output(inp, out, self._cpu_device)
             if len(prediction) > 1:
                 self._predictions.append(prediction)
 

@@ -11,7 +11,7 @@ from typing import List
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json as _d2_instances_to_json
 from detectron2.structures import Instances
 
-__all__ = ["instances_to_coco_json"]
+__all__ = ["instances_to_coco_json", "prediction_from_output"]
 
 
 def instances_to_coco_json(instances: Instances, img_id: int) -> List[dict]:
@@ -33,3 +33,23 @@ def instances_to_coco_json(instances: Instances, img_id: int) -> List[dict]:
     for result, rle in zip(results, instances.pred_masks_rle):
         result["segmentation"] = rle
     return results
+
+
+def prediction_from_output(inp: dict, out: dict, cpu_device) -> dict:
+    """The record detectron2's evaluators keep per image, built with :func:`instances_to_coco_json`.
+
+    Args:
+        inp (dict): one model input (needs ``image_id``).
+        out (dict): the model's output for it (``instances`` and/or ``proposals``).
+        cpu_device: device the outputs are moved to.
+
+    Returns:
+        dict with ``image_id`` and, when present, ``instances`` (COCO json list) and ``proposals``.
+    """
+    prediction = {"image_id": inp["image_id"]}
+    if "instances" in out:
+        instances = out["instances"].to(cpu_device)
+        prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
+    if "proposals" in out:
+        prediction["proposals"] = out["proposals"].to(cpu_device)
+    return prediction

@@ -40,7 +40,7 @@ from .coco_evaluation import (
     save_predictions,
     write_json_atomic,
 )
-from .coco_json import instances_to_coco_json
+from .coco_json import prediction_from_output
 
 __all__ = ["LVISEvaluator", "evaluate_predictions_on_lvis", "limit_dets_per_image"]
 
@@ -167,12 +167,7 @@ class LVISEvaluator(_D2LVISEvaluator):
     def process(self, inputs, outputs):
         """detectron2's ``process`` with :func:`.coco_json.instances_to_coco_json`."""
         for inp, out in zip(inputs, outputs):
-            prediction = {"image_id": inp["image_id"]}
-            if "instances" in out:
-                instances = out["instances"].to(self._cpu_device)
-                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
-            if "proposals" in out:
-                prediction["proposals"] = out["proposals"].to(self._cpu_device)
+            prediction = prediction_from_output(inp, out, self._cpu_device)
             self._predictions.append(prediction)
 
     def __init__(
