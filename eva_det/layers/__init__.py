@@ -1,5 +1,20 @@
-"""Layers used by eva_det's heads and inference."""
+"""Layers used by eva_det's backbones, heads and inference."""
 
+from .blocked_attention import blocked_rel_pos_attention
+from .rel_pos_attention import (
+    augmented_rel_pos_attention,
+    plain_rel_pos_attention,
+    rel_pos_attention,
+    sdpa_rel_pos_attention,
+)
 from .soft_nms import batched_soft_nms, soft_nms_sequential_reference
 
-__all__ = ["batched_soft_nms", "soft_nms_sequential_reference"]
+__all__ = [
+    "augmented_rel_pos_attention",
+    "batched_soft_nms",
+    "blocked_rel_pos_attention",
+    "plain_rel_pos_attention",
+    "rel_pos_attention",
+    "sdpa_rel_pos_attention",
+    "soft_nms_sequential_reference",
+]

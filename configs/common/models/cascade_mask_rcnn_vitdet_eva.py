@@ -36,7 +36,7 @@ model.backbone.net = L(EVAViT)(
     beit_like_gamma=False,
     freeze_patch_embed=False,
     interp_type="vitdet",
-    attn_impl="sdpa",
+    attn_impl="auto",  # "blocked" on CPU in fp32, "sdpa" on GPU / 16 bit
 )
 
 # Cascade R-CNN takes one head, predictor and matcher per stage.

@@ -24,7 +24,7 @@ def add_eva_vit_config(cfg: CN) -> None:
     v.MLP_RATIO, v.DROP_PATH_RATE, v.WINDOW_SIZE = 4.0, 0.1, 16
     v.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
     v.USE_REL_POS, v.USE_ACT_CHECKPOINT, v.BEIT_LIKE_QKV_BIAS = True, False, True
-    v.FREEZE_PATCH_EMBED, v.INTERP_TYPE, v.ATTN_IMPL = False, "vitdet", "sdpa"
+    v.FREEZE_PATCH_EMBED, v.INTERP_TYPE, v.ATTN_IMPL = False, "vitdet", "auto"
     cfg.MODEL.EVA_SFP = CN()
     cfg.MODEL.EVA_SFP.OUT_CHANNELS = 256
     cfg.MODEL.EVA_SFP.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]

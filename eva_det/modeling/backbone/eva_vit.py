@@ -23,6 +23,11 @@ from detectron2.modeling.backbone.utils import (
 )
 from detectron2.modeling.backbone.vit import ResBottleneckBlock
 
+from ...layers.rel_pos_attention import (
+    DEFAULT_MAX_MASK_BYTES,
+    RelPosAttentionImpls,
+    rel_pos_attention,
+)
 from .layers import DropPath, Mlp
 from .norm import LayerNormWithForceFP32
 from .rel_pos import decomposed_rel_pos_bias
@@ -31,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EVAViT", "Attention", "Block", "ATTN_IMPLS"]
 
-ATTN_IMPLS = ("sdpa", "plain", "augmented")
+ATTN_IMPLS = RelPosAttentionImpls
+DEFAULT_MAX_ATTN_MASK_MB = DEFAULT_MAX_MASK_BYTES / 2**20
 
 
 class Attention(nn.Module):
@@ -47,9 +53,14 @@ class Attention(nn.Module):
         rel_pos_zero_init (bool): zero-initialise the tables (else truncated normal, std 0.02).
         input_size (tuple[int, int]): token grid the tables are sized for.
         interp_type (str): "vitdet" or "beit", how tables are resized to other grids.
-        attn_impl (str): "sdpa" (``F.scaled_dot_product_attention`` with the bias as a float mask),
-            "plain" (matmul + softmax, the official formulation) or "augmented" (SDPA without a
-            mask: the bias is folded into extra q/k channels, so the N x N bias is never built).
+        attn_impl (str): "auto" (default: "blocked" for float32 on CPU, else "sdpa"), "sdpa"
+            (``F.scaled_dot_product_attention`` with the bias as a float mask), "blocked" (matmul +
+            softmax in cache-sized blocks, nothing N x N allocated), "plain" (matmul + softmax, the
+            official formulation) or "augmented" (SDPA without a mask: the bias is folded into
+            extra q/k channels). All give the same output to float rounding; see
+            :mod:`eva_det.layers.rel_pos_attention`.
+        max_attn_mask_mb (float): with "sdpa", the largest bias mask built at once (MiB); larger
+            ones are built and used one block of query rows at a time (same output, less memory).
     """
 
     def __init__(
@@ -62,7 +73,8 @@ class Attention(nn.Module):
         rel_pos_zero_init: bool = True,
         input_size: Optional[Tuple[int, int]] = None,
         interp_type: str = "vitdet",
-        attn_impl: str = "sdpa",
+        attn_impl: str = "auto",
+        max_attn_mask_mb: float = DEFAULT_MAX_ATTN_MASK_MB,
     ):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
@@ -81,6 +93,9 @@ class Attention(nn.Module):
         self.use_rel_pos = use_rel_pos
         self.interp_type = interp_type
         self.attn_impl = attn_impl
+        if max_attn_mask_mb <= 0:
+            raise ValueError(f"max_attn_mask_mb must be > 0, got {max_attn_mask_mb}")
+        self.max_mask_bytes = int(max_attn_mask_mb * 2**20)
         if use_rel_pos:
             if input_size is None:
                 raise ValueError("use_rel_pos=True needs input_size (the token grid)")
@@ -103,7 +118,7 @@ class Attention(nn.Module):
         # (3, B, heads, N, head_dim)
         qkv = self._qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = None
+        rel_h = rel_w = None
         if self.use_rel_pos:
             # rel_h (B*heads, H, W, H), rel_w (B*heads, H, W, W)
             rel_h, rel_w = decomposed_rel_pos_bias(
@@ -114,57 +129,13 @@ class Attention(nn.Module):
                 (H, W),
                 self.interp_type,
             )
-        if self.attn_impl == "plain":
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
-            if self.use_rel_pos:
-                attn = attn.view(B * self.num_heads, H, W, H, W)
-                attn = attn + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-                attn = attn.reshape(B, self.num_heads, N, N)
-            out = attn.softmax(dim=-1) @ v
-        elif self.attn_impl == "augmented" and self.use_rel_pos:
-            out = _augmented_rel_pos_attention(q, k, v, rel_h, rel_w, self.scale)
-        else:
-            if self.use_rel_pos:
-                # (B, heads, N, N) float mask in q's dtype: eligible for the fused kernels.
-                bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(
-                    B, self.num_heads, N, N
-                )
-                bias = bias.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        # (B, heads, N, hd) -> (B, H, W, C)
+            rel_h = rel_h.reshape(B, self.num_heads, H, W, H)
+            rel_w = rel_w.reshape(B, self.num_heads, H, W, W)
+        out = rel_pos_attention(
+            q, k, v, rel_h, rel_w, self.scale, self.attn_impl, self.max_mask_bytes
+        )  # (B, heads, N, hd)
         out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(out)
-
-
-def _augmented_rel_pos_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
-    """Attention with the decomposed bias folded into the q/k channels (no N x N bias tensor).
-
-    ``scale * q_i.k_j + rel_h[i, row(j)] + rel_w[i, col(j)] = q'_i . k'_j`` with
-    ``q' = [scale * q, rel_h, rel_w]`` and ``k' = [k, onehot(row), onehot(col)]``.
-
-    Args:
-        q, k, v (Tensor): (B, heads, N, hd), N = H * W.
-        rel_h (Tensor): (B * heads, H, W, H) height bias per query and key row.
-        rel_w (Tensor): (B * heads, H, W, W) width bias per query and key column.
-        scale (float): softmax scale of q.k.
-
-    Returns:
-        Tensor (B, heads, N, hd).
-    """
-    B, nh, N, _ = q.shape
-    H, W = rel_h.shape[-1], rel_w.shape[-1]
-    q_aug = torch.cat(
-        [q * scale, rel_h.reshape(B, nh, N, H).to(q.dtype), rel_w.reshape(B, nh, N, W).to(q.dtype)],
-        dim=-1,
-    )
-    rows = torch.arange(N, device=q.device) // W
-    cols = torch.arange(N, device=q.device) % W
-    onehot = torch.cat([F.one_hot(rows, H), F.one_hot(cols, W)], dim=-1).to(k.dtype)  # (N, H+W)
-    k_aug = torch.cat([k, onehot.expand(B, nh, N, H + W)], dim=-1)
-    # Fused (flash) kernels need equal q/k/v widths: pad v with zeros and drop them after.
-    v_pad = F.pad(v, (0, H + W))
-    out = F.scaled_dot_product_attention(q_aug, k_aug, v_pad, scale=1.0)
-    return out[..., : v.shape[-1]]
 
 
 class Block(nn.Module):
@@ -186,7 +157,8 @@ class Block(nn.Module):
         beit_like_qkv_bias (bool): see :class:`Attention`.
         beit_like_gamma (bool): learnable per-channel scales ``gamma_1``/``gamma_2`` on branches.
         interp_type (str): relative position resize mode.
-        attn_impl (str): "sdpa" or "plain".
+        attn_impl (str): attention implementation, see :class:`Attention`.
+        max_attn_mask_mb (float): see :class:`Attention`.
     """
 
     def __init__(
@@ -206,7 +178,8 @@ class Block(nn.Module):
         beit_like_qkv_bias: bool = False,
         beit_like_gamma: bool = False,
         interp_type: str = "vitdet",
-        attn_impl: str = "sdpa",
+        attn_impl: str = "auto",
+        max_attn_mask_mb: float = DEFAULT_MAX_ATTN_MASK_MB,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -220,6 +193,7 @@ class Block(nn.Module):
             input_size=input_size if window_size == 0 else (window_size, window_size),
             interp_type=interp_type,
             attn_impl=attn_impl,
+            max_attn_mask_mb=max_attn_mask_mb,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
@@ -293,7 +267,8 @@ class EVAViT(Backbone):
         freeze_patch_embed (bool): ``patch_embed`` parameters get no gradient.
         interp_type (str): "vitdet" (linear, training) or "beit" (cubic spline, eval) rel-pos
             resizing.
-        attn_impl (str): "sdpa" or "plain" attention.
+        attn_impl (str): attention implementation, see :class:`Attention`.
+        max_attn_mask_mb (float): bound on one rel-pos bias mask with "sdpa" (MiB).
     """
 
     def __init__(
@@ -324,7 +299,8 @@ class EVAViT(Backbone):
         beit_like_gamma: bool = False,
         freeze_patch_embed: bool = False,
         interp_type: str = "vitdet",
-        attn_impl: str = "sdpa",
+        attn_impl: str = "auto",
+        max_attn_mask_mb: float = DEFAULT_MAX_ATTN_MASK_MB,
     ):
         super().__init__()
         if act_checkpoint_every < 1:
@@ -369,6 +345,7 @@ class EVAViT(Backbone):
                 beit_like_gamma=beit_like_gamma,
                 interp_type=interp_type,
                 attn_impl=attn_impl,
+                max_attn_mask_mb=max_attn_mask_mb,
             )
             for i in range(depth)
         )
