@@ -9,8 +9,9 @@ default on CPU in fp32; "augmented" = bias folded into q/k), forward and forward
 checks the outputs are equal. Whole backbone = 8 windowed + 4 global blocks (B) or 30 + 10 (1B),
 from the block times.
 
-    python bench/backbone.py                                # CPU, fp32, batch 1
-    python bench/backbone.py --device cuda --dtype bfloat16 --sizes 1024 1280 1536
+    python bench/backbone.py                     # CPU: B at 1024, fp32, batch 1 (about 2 min)
+    python bench/backbone.py --models B 1B --sizes 1024 1280 1536 --no-backward   # CPU, all
+    python bench/backbone.py --device cuda --dtype bfloat16   # GPU: B and 1B at 1024/1280/1536
 
 A configuration whose plain attention would need more than ``--max-bytes`` (default: 40% of the
 machine's memory, or of the GPU's) is skipped and said so.
@@ -114,8 +115,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--models", nargs="+", default=["B", "1B"], choices=list(SIZES))
-    p.add_argument("--sizes", nargs="+", type=int, default=[1024, 1280, 1536])
+    p.add_argument(
+        "--models", nargs="+", choices=list(SIZES), help="default: B on CPU, B 1B on GPU"
+    )
+    p.add_argument(
+        "--sizes", nargs="+", type=int, help="default: 1024 on CPU, 1024 1280 1536 on GPU"
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3, help="timed rounds after a warm-up; best kept")
     p.add_argument("--no-backward", dest="backward", action="store_false", help="forward only")
@@ -125,6 +130,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    on_gpu = device.type == "cuda"
+    args.models = args.models or (["B", "1B"] if on_gpu else ["B"])
+    args.sizes = args.sizes or ([1024, 1280, 1536] if on_gpu else [1024])
     if args.max_bytes is None:
         args.max_bytes = _default_max_bytes(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

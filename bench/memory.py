@@ -26,7 +26,8 @@ parameter counts are exact (counted from the instantiated config); memory is
   activations are recomputed during its backward. Detector heads (feature pyramid, RPN, 3 cascade
   stages x 512 RoIs, mask head on 128 RoIs) are counted from their layer shapes;
 * inference = fp32 weights (+ 2 B/param of autocast weight copies under bf16, kept for the whole
-  evaluation) + the largest transient of one global block (its N x N bias for "sdpa").
+  evaluation) + the largest transient of one global block (for "sdpa" its N x N bias, built at most
+  ``DEFAULT_MAX_MASK_BYTES`` = 1 GiB at a time without autograd).
 
     python bench/memory.py                                  # GPU if present, else estimate
     python bench/memory.py --mode estimate --sizes 1280 1536
@@ -40,6 +41,8 @@ from dataclasses import dataclass
 
 import torch
 from detectron2.config import LazyConfig, instantiate
+
+from eva_det.layers.rel_pos_attention import DEFAULT_MAX_MASK_BYTES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py"
@@ -191,7 +194,7 @@ def estimate(cfg, size: int, impl: str, counts: tuple) -> dict:
     ckpt = (v.num_window + v.num_global) * 4 * v.tokens * v.dim + heads + backward
     n, c, h = v.tokens, v.dim, v.heads
     attn_peak = {  # fp32 no-grad transient of one global block
-        "sdpa": 4 * h * n * n,
+        "sdpa": min(4 * h * n * n, DEFAULT_MAX_MASK_BYTES),  # mask built in row blocks
         "plain": 3 * 4 * h * n * n,
         "augmented": 4 * 4 * h * n * (c // h + 2 * v.grid),
     }[impl]

@@ -41,8 +41,9 @@ __all__ = [
 RelPosAttentionImpls = ("auto", "sdpa", "blocked", "plain", "augmented")
 
 # Largest additive mask (bytes) sdpa_rel_pos_attention builds at once; larger ones are split into
-# blocks of query rows. 256 MiB holds a whole windowed block's mask at 1536 px for the 1B model.
-DEFAULT_MAX_MASK_BYTES = 256 * 2**20
+# blocks of query rows. 1 GiB keeps every block of the 1B model at 1536 px in a few SDPA calls
+# that each still fill a large GPU (a global block's whole fp32 mask there is 5.1 GiB).
+DEFAULT_MAX_MASK_BYTES = 2**30
 
 
 def _check_shapes(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> None:
