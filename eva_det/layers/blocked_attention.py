@@ -17,6 +17,7 @@ uses it for float32 on CPU, where it beats both the plain path and PyTorch's CPU
 from typing import Iterator, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "blocked_rel_pos_attention"]
 
@@ -74,6 +75,7 @@ class _BlockedRelPosAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_out):
         qs, k, v, rel_h, rel_w, out = ctx.saved_tensors
         G, N, _ = qs.shape
