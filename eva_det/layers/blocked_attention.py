@@ -19,9 +19,21 @@ from typing import Iterator, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "blocked_rel_pos_attention"]
+__all__ = ["DEFAULT_BLOCK_BYTES", "blocked_rel_pos_attention", "check_rel_pos_shapes"]
 
 DEFAULT_BLOCK_BYTES = 16 * 2**20
+
+
+def check_rel_pos_shapes(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> None:
+    """Raise ValueError unless rel_h / rel_w are (B, heads, q_h, q_w, k) for q (B, heads, N, d)."""
+    B, nh, N, _ = q.shape
+    if rel_h.shape[:4] != rel_w.shape[:4] or rel_h.shape[:2] != (B, nh):
+        raise ValueError(
+            f"rel_h {tuple(rel_h.shape)} and rel_w {tuple(rel_w.shape)} must both be "
+            f"(B={B}, heads={nh}, q_h, q_w, k)"
+        )
+    if rel_h.shape[2] * rel_h.shape[3] != N:
+        raise ValueError(f"q has {N} tokens but rel_h covers a {tuple(rel_h.shape[2:4])} grid")
 
 
 def _blocks(G: int, qh: int, qw: int, Nk: int, itemsize: int, block_bytes: int):
@@ -129,6 +141,7 @@ def blocked_rel_pos_attention(
     Returns:
         Tensor (B, heads, N, head_dim).
     """
+    check_rel_pos_shapes(q, rel_h, rel_w)
     B, nh, N, hd = q.shape
     qh, qw, kh = rel_h.shape[2:]
     kw = rel_w.shape[-1]

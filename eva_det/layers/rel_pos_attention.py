@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .blocked_attention import blocked_rel_pos_attention
+from .blocked_attention import blocked_rel_pos_attention, check_rel_pos_shapes
 
 __all__ = [
     "RelPosAttentionImpls",
@@ -44,17 +44,6 @@ RelPosAttentionImpls = ("auto", "sdpa", "blocked", "plain", "augmented")
 # blocks of query rows. 1 GiB keeps every block of the 1B model at 1536 px in a few SDPA calls
 # that each still fill a large GPU (a global block's whole fp32 mask there is 5.1 GiB).
 DEFAULT_MAX_MASK_BYTES = 2**30
-
-
-def _check_shapes(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> None:
-    B, nh, N, _ = q.shape
-    if rel_h.shape[:4] != rel_w.shape[:4] or rel_h.shape[:2] != (B, nh):
-        raise ValueError(
-            f"rel_h {tuple(rel_h.shape)} and rel_w {tuple(rel_w.shape)} must both be "
-            f"(B={B}, heads={nh}, q_h, q_w, k)"
-        )
-    if rel_h.shape[2] * rel_h.shape[3] != N:
-        raise ValueError(f"q has {N} tokens but rel_h covers a {tuple(rel_h.shape[2:4])} grid")
 
 
 def plain_rel_pos_attention(
@@ -78,7 +67,7 @@ def plain_rel_pos_attention(
     """
     attn = (q * scale) @ k.transpose(-2, -1)  # (B, heads, N, Nk)
     if rel_h is not None:
-        _check_shapes(q, rel_h, rel_w)
+        check_rel_pos_shapes(q, rel_h, rel_w)
         B, nh, qh, qw, kh = rel_h.shape
         kw = rel_w.shape[-1]
         attn = attn.view(B, nh, qh, qw, kh, kw)
@@ -115,7 +104,7 @@ def sdpa_rel_pos_attention(
     """
     if rel_h is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    _check_shapes(q, rel_h, rel_w)
+    check_rel_pos_shapes(q, rel_h, rel_w)
     B, nh, qh, qw, kh = rel_h.shape
     Nk = kh * rel_w.shape[-1]
     rel_h, rel_w = rel_h.contiguous(), rel_w.contiguous()
@@ -165,7 +154,7 @@ def augmented_rel_pos_attention(
     """
     if rel_h is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    _check_shapes(q, rel_h, rel_w)
+    check_rel_pos_shapes(q, rel_h, rel_w)
     B, nh, N, hd = q.shape
     kh, kw = rel_h.shape[-1], rel_w.shape[-1]
     rel_h, rel_w = rel_h.reshape(B, nh, N, kh), rel_w.reshape(B, nh, N, kw)
@@ -208,7 +197,6 @@ def rel_pos_attention(
     if impl == "plain":
         return plain_rel_pos_attention(q, k, v, rel_h, rel_w, scale)
     if rel_h is not None and impl == "blocked":
-        _check_shapes(q, rel_h, rel_w)
         return blocked_rel_pos_attention(q, k, v, rel_h, rel_w, scale)
     if impl == "augmented":
         return augmented_rel_pos_attention(q, k, v, rel_h, rel_w, scale)
