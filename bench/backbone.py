@@ -61,7 +61,8 @@ def _default_max_bytes(device: torch.device) -> float:
 
 
 def bench_block(spec, size, global_attn, args, device, dtype, sync):
-    """Times of one block per impl: {impl: (fwd s, fwd+bwd s or None)}, max rel errors, note."""
+    """Times of one block per impl, {impl: (fwd s, fwd+bwd s or None)}, and max rel errors vs
+    plain; None when the plain attention would exceed --max-bytes."""
     grid = size // 16
     kw = dict(
         dim=spec["dim"],
