@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
+from eva_det.data.datasets.shapes import shapes_root_problem
 from eva_det.data.robust_mapper import segmentation_problem
 from eva_det.errors import InputError
 
@@ -211,7 +212,9 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
     Checks, without reading any dataset file: each name is registered (else the message lists
     close registered names); ``$DETECTRON2_DATASETS``, when set, is an existing folder if a
     dataset lives under it; each dataset's ``json_file`` and ``image_root`` metadata exist.
-    Synthetic shapes datasets are skipped for the file check: they are generated on first use.
+    Synthetic shapes datasets are generated on first use: their root (and
+    ``$DETECTRON2_DATASETS``) may be missing, but must be creatable and writable unless the
+    data is already complete (:func:`eva_det.data.datasets.shapes.shapes_root_problem`).
     """
     registered = DatasetCatalog.list()
     seen = set()
@@ -233,8 +236,12 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
 def _check_dataset_files(name: str) -> None:
     meta = MetadataCatalog.get(name)
     shapes = meta.get("shapes_params")
-    paths = [("root", shapes["root"])] if shapes else []
-    paths += [(k, meta.get(k)) for k in ("json_file", "image_root") if meta.get(k) and not shapes]
+    if shapes:  # generated on first use: the folder may be missing but must be creatable
+        problem = None if os.path.isfile(meta.json_file) else shapes_root_problem(shapes["root"])
+        if problem:
+            raise InputError(problem)
+        return
+    paths = [(k, meta.get(k)) for k in ("json_file", "image_root") if meta.get(k)]
     if not paths:
         return  # registered without file metadata: nothing to check before loading it
     root = os.environ.get("DETECTRON2_DATASETS")
@@ -246,7 +253,7 @@ def _check_dataset_files(name: str) -> None:
                 f"Set DETECTRON2_DATASETS to the folder that holds your datasets. {_LAYOUT_HINT}"
             )
     for what, path in paths:
-        if shapes or os.path.exists(path):
+        if os.path.exists(path):
             continue
         where = (
             f"DETECTRON2_DATASETS={root}"
