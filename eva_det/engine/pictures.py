@@ -7,7 +7,8 @@
 * ``losses.png``: every ``loss_*`` term and ``total_loss`` of ``metrics.json`` against the
   iteration (matplotlib, Agg canvas, no pyplot state), the final box / mask AP in the title.
 
-Both are written atomically. :class:`PicturesHook` writes them after the last iteration (after
+The model is drawn as trained (neither EMA weights nor test-time augmentation), without
+autocast. Both files are written atomically. :class:`PicturesHook` writes them after the last iteration (after
 the final evaluation and metrics.json flush; not when training stopped early), on the main
 process. ``train.pictures`` (``configs/common/train.py``):
 
