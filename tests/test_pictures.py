@@ -16,6 +16,7 @@ from eva_det.data.metadata import dataset_metadata
 from eva_det.demo.visualize import draw_instances_with_labels
 from eva_det.engine.pictures import (
     draw_prediction_grid,
+    loss_plot_title,
     pictures_config,
     plot_losses,
     write_pictures,
@@ -121,6 +122,11 @@ def test_loss_plot_png_with_final_ap(tmp_path):
         im.load()
     _, ap = plot_losses(str(_metrics(tmp_path / "m2.json", with_ap=False)))
     assert ap == {}
+    assert loss_plot_title({"bbox/AP": 61.24, "segm/AP": 55.5}, "run") == (
+        "run: final box AP 61.2, mask AP 55.5"
+    )
+    assert loss_plot_title({"bbox/AP": float("nan")}) == "final box AP n/a (no detections)"
+    assert loss_plot_title({}) == "final not evaluated"
 
 
 def test_write_pictures_atomic_files(tmp_path, custom_coco):
