@@ -35,7 +35,9 @@ def filter_instances(instances: Instances, threshold: float) -> Instances:
 class _LabelRecordingVisualizer(Visualizer):
     """detectron2's ``Visualizer`` that keeps the text labels it drew (``drawn_labels``)."""
 
-    drawn_labels: List[str] = []
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drawn_labels: List[str] = []
 
     def overlay_instances(self, *args, labels=None, **kwargs):
         self.drawn_labels = [str(label) for label in labels or []]
