@@ -18,6 +18,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 
+from eva_det.data.datasets.coco_json import dataset_names
 from eva_det.engine.ema import load_checkpoint_for_eval
 from eva_det.engine.precision import inference_precision
 from eva_det.engine.train_loop import resolve_device
@@ -34,10 +35,8 @@ def test_dataset_name(cfg) -> Optional[str]:
         names = cfg.dataloader.test.dataset.names
     except (AttributeError, KeyError):
         return None
-    if isinstance(names, str):
-        return names
-    names = list(names or [])
-    return str(names[0]) if names else None
+    names = dataset_names(names)  # a Custom recipe's LazyCall registers the dataset here
+    return names[0] if names else None
 
 
 def set_score_threshold(cfg, threshold: float) -> None:

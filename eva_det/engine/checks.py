@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
+from eva_det.data.datasets.coco_json import dataset_names
 from eva_det.data.robust_mapper import segmentation_problem
 from eva_det.errors import InputError
 
@@ -188,6 +189,9 @@ def _call_arguments(target) -> Tuple[List[str], bool]:
 def configured_datasets(cfg, eval_only: bool = False) -> List[Tuple[str, str]]:
     """``(config key, dataset name)`` for every dataset the run will read.
 
+    Names given as a ``LazyCall`` registration (:func:`eva_det.data.datasets.register_coco_json`)
+    are registered by this call.
+
     Args:
         cfg: a LazyConfig with the usual ``dataloader.{train,test,evaluator}`` nodes.
         eval_only (bool): skip the training datasets.
@@ -197,11 +201,10 @@ def configured_datasets(cfg, eval_only: bool = False) -> List[Tuple[str, str]]:
         if eval_only and key.startswith("dataloader.train"):
             continue
         names = _select(cfg, key)
-        if names is _ABSENT or names is None:
+        if names is _ABSENT:
             continue
-        if isinstance(names, str):
-            names = [names]
-        out += [(key, str(n)) for n in names]
+        # a LazyCall registration (Custom recipes) registers here and gives its name
+        out += [(key, n) for n in dataset_names(names)]
     return out
 
 
