@@ -71,13 +71,19 @@ def lsj_data_overrides(image_size: int = 128) -> list:
     ]
 
 
-def cli_tiny_overrides(cfg, output_dir: str, max_iter: int = 3) -> list:
+def cli_tiny_overrides(cfg, output_dir=None, max_iter: int = 3) -> list:
     """Everything that turns a full recipe into a few-second CPU run of the training CLI.
 
     The shrunk backbone (:func:`shrink_overrides`), :data:`HEAD_SHRINK`, 128 px LSJ, 2 images
     per iteration without loader workers, ``max_iter`` iterations, evaluation at the end only,
     and every detection kept (an untrained model scores below the recipes' thresholds).
+    ``output_dir`` (None: the config's) receives checkpoints, metrics and evaluator outputs.
     """
+    outputs = (
+        [f"train.output_dir={output_dir}", f"dataloader.evaluator.output_dir={output_dir}"]
+        if output_dir
+        else []
+    )
     return (
         shrink_overrides(cfg)
         + HEAD_SHRINK
@@ -86,8 +92,6 @@ def cli_tiny_overrides(cfg, output_dir: str, max_iter: int = 3) -> list:
             "train.device=cpu",
             "train.amp.enabled=False",
             "train.seed=0",
-            f"train.output_dir={output_dir}",
-            f"dataloader.evaluator.output_dir={output_dir}",
             f"train.max_iter={max_iter}",
             "train.log_period=1",
             "train.eval_period=0",
@@ -99,4 +103,5 @@ def cli_tiny_overrides(cfg, output_dir: str, max_iter: int = 3) -> list:
             "dataloader.test.num_workers=0",
             "model.roi_heads.override_score_thresh=0.0",
         ]
+        + outputs
     )

@@ -212,13 +212,15 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
     """Raise InputError if a configured dataset is not registered or its files are missing.
 
     Checks, without reading any dataset file: each name is registered (else the message lists
-    close registered names); ``$DETECTRON2_DATASETS``, when set, is an existing folder if a
-    dataset lives under it; each dataset's ``json_file`` and ``image_root`` metadata exist.
+    close registered names); the lvis package is installed for LVIS-format datasets;
+    ``$DETECTRON2_DATASETS``, when set, is an existing folder if a dataset lives under it; each
+    dataset's ``json_file`` and ``image_root`` metadata exist.
     Synthetic shapes datasets are skipped for the file check: they are generated on first use.
     """
+    configured = configured_datasets(cfg, eval_only)  # registers LazyCall-registered names
     registered = DatasetCatalog.list()
     seen = set()
-    for key, name in configured_datasets(cfg, eval_only):
+    for key, name in configured:
         if name in seen:
             continue
         seen.add(name)
@@ -230,7 +232,22 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
                 "(e.g. detectron2.data.datasets.register_coco_instances) at the top of the "
                 "script that starts training, so every process registers it."
             )
+        _check_loader_packages(name)
         _check_dataset_files(name)
+
+
+def _check_loader_packages(name: str) -> None:
+    """LVIS-format datasets are read by detectron2's ``load_lvis_json``, which imports lvis."""
+    if MetadataCatalog.get(name).get("evaluator_type") != "lvis":
+        return
+    try:
+        import lvis  # noqa: F401
+    except ImportError:
+        raise InputError(
+            f"Dataset {name!r} is in LVIS format: detectron2 reads it with the lvis package, "
+            "which is not installed. Install it with `pip install --no-deps lvis==0.5.3` "
+            "(bash tools/install.sh does; --no-deps keeps the headless OpenCV)."
+        ) from None
 
 
 def _check_dataset_files(name: str) -> None:

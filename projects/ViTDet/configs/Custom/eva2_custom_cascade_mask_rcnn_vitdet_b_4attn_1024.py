@@ -1,15 +1,15 @@
 # EVA-02 B Cascade Mask R-CNN on your own COCO-format dataset at 1024 (docs/CUSTOM_DATASETS.md),
 # fine-tuned from the released COCO detector eva02_B_coco_bsl.pth (55.5 box / 47.1 mask AP):
-# everything loads except the class layers (81 cls_score rows, 80 mask predictor channels),
-# which start afresh for your classes. Set the `dataset` values below, in a copy of this file or
-# on the command line (dataset.train_json=... 'dataset.thing_classes=[cat,dog]'
-# model.roi_heads.num_classes=2).
+# everything loads except the class layers (81 cls_score rows per cascade stage, 80 mask
+# predictor channels), which start afresh for your classes.
+# The dataset is config values (../common/custom_dataset.py): dataset.train_json=... etc.
 # Small-data schedule: 16 images/iter; 3000 iters * 16 images = 48 epochs of a 1000-image set
 # (max_iter ~= epochs * num_images / 16); lr steps at 80% and 90%.
 from detectron2.config import LazyCall as L
 
 from eva_det.config import use_custom_coco_dataset, vit_lr_factor
 
+from ..common.custom_dataset import dataset
 from ..eva2_mim_to_coco.eva2_coco_cascade_mask_rcnn_vitdet_b_4attn_1024_lrd0p7 import (
     dataloader,
     lr_multiplier,
@@ -19,22 +19,12 @@ from ..eva2_mim_to_coco.eva2_coco_cascade_mask_rcnn_vitdet_b_4attn_1024_lrd0p7 i
     train,
 )
 
-dataset = dict(
-    name="my_dataset",  # registered as my_dataset_train and my_dataset_test
-    # the json's category names in category-id order; None reads them from train_json
-    thing_classes=["object"],
-    train_json="datasets/my_dataset/annotations/train.json",
-    train_images="datasets/my_dataset/images/train",
-    test_json="datasets/my_dataset/annotations/val.json",
-    test_images="datasets/my_dataset/images/val",
-)
-use_custom_coco_dataset(dataloader)  # loaders and evaluator read `dataset`
-model.roi_heads.num_classes = len(dataset["thing_classes"])  # keep equal to the class count
-
+use_custom_coco_dataset(dataloader)  # loaders and evaluator read the `dataset` values
+model.roi_heads.num_classes = len(dataset.thing_classes)
 dataloader.train.total_batch_size = 16
 dataloader.evaluator.output_dir = "${train.output_dir}"  # coco_instances_results.json
 
-# layer-wise lr decay 0.7 over 12 blocks; frozen_blocks=k keeps the embeddings and blocks < k fixed
+# layer-wise lr decay 0.7 over 12 blocks; frozen_blocks=k keeps the embeddings and blocks < k
 optimizer.lr = 5e-5
 optimizer.params.lr_factor_func = L(vit_lr_factor)(
     lr_decay_rate=0.7, num_layers=12, frozen_blocks=0
