@@ -228,9 +228,10 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
             close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
             hint = f" Close registered names: {', '.join(close)}." if close else ""
             raise InputError(
-                f"{key}: dataset {name!r} is not registered.{hint} Fix the name, or register it "
-                "(e.g. detectron2.data.datasets.register_coco_instances) at the top of the "
-                "script that starts training, so every process registers it."
+                f"{key}: dataset {name!r} is not registered.{hint} Fix the name; for your own "
+                "COCO-format json use a projects/ViTDet/configs/Custom/ recipe "
+                "(docs/CUSTOM_DATASETS.md), or register it (e.g. detectron2.data.datasets."
+                "register_coco_instances) at the top of the script that starts training."
             )
         _check_loader_packages(name)
         _check_dataset_files(name)
