@@ -16,6 +16,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
 
+from eva_det.data.datasets.coco_json import dataset_names
 from eva_det.data.metadata import dataset_metadata
 from eva_det.engine.ema import load_checkpoint_for_eval
 from eva_det.engine.precision import inference_precision
@@ -33,10 +34,8 @@ def test_dataset_name(cfg) -> Optional[str]:
         names = cfg.dataloader.test.dataset.names
     except (AttributeError, KeyError):
         return None
-    if isinstance(names, str):
-        return names
-    names = list(names or [])
-    return str(names[0]) if names else None
+    names = dataset_names(names)  # a Custom recipe's LazyCall registers the dataset here
+    return names[0] if names else None
 
 
 def set_score_threshold(cfg, threshold: float) -> None:
