@@ -256,61 +256,68 @@ def bench_vit(rec, args, model_name, configs, impls, ref_impl="plain"):
     rec.info(**{f"{model_name}_params": params, f"{model_name}_build_s": time.perf_counter() - t})
     repeat = args.repeat
     for size, path, over in configs:
-        cfg = load(path, over)
-        interp = _arg(cfg.model.backbone.net, "interp_type") if "interp_type" in net_args else None
-        if interp is not None:
-            for m in net.modules():
-                if hasattr(m, "interp_type"):
-                    m.interp_type = interp
-        flops = vit_flops(cfg.model.backbone.net, size)
-        g = torch.Generator().manual_seed(size)
-        x = torch.randn(1, 3, size, size, generator=g).to(device)
-        key = next(iter(net.output_shape()))
-        common = dict(model=model_name, size=size, tflop_per_img=flops / 1e12, interp=interp)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        set_attn_impl(net, ref_impl)
-        with torch.no_grad():
-            ref = net(x)[key].float()
-            times = timed(lambda: net(x), device, max(1, repeat // 4))
-        sec = statistics.median(times)
-        rec.row(
-            **common,
-            precision="fp32",
-            attn_impl=ref_impl,
-            s_per_img=sec,
-            img_per_s=1 / sec,
-            tflops=flops / sec / 1e12,
-            max_err=0.0,
-            rel_l2_err=0.0,
-        )
-        base = None
-        for impl in impls:
-            try:
-                set_attn_impl(net, impl)
-                with torch.no_grad(), torch.autocast(torch.device(device).type, torch.bfloat16):
-                    err = _errors(net(x)[key], ref)
-                    times = timed(lambda: net(x), device, repeat)
-                sec = statistics.median(times)
-                base = base or sec
-                rec.row(
-                    **common,
-                    precision="bf16",
-                    attn_impl=impl,
-                    s_per_img=sec,
-                    img_per_s=1 / sec,
-                    tflops=flops / sec / 1e12,
-                    peak_fraction=flops / sec / 1e12 / PEAK_BF16_TFLOPS,
-                    speedup_vs_plain=base / sec if impls[0] == ref_impl else None,
-                    **err,
-                )
-            except Exception as e:  # one impl failing (e.g. out of memory) keeps the others
-                rec.row(**common, precision="bf16", attn_impl=impl, error=_short(e))
-                if device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-        del ref
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        try:
+            cfg = load(path, over)
+            interp = (
+                _arg(cfg.model.backbone.net, "interp_type") if "interp_type" in net_args else None
+            )
+            if interp is not None:
+                for m in net.modules():
+                    if hasattr(m, "interp_type"):
+                        m.interp_type = interp
+            flops = vit_flops(cfg.model.backbone.net, size)
+            g = torch.Generator().manual_seed(size)
+            x = torch.randn(1, 3, size, size, generator=g).to(device)
+            key = next(iter(net.output_shape()))
+            common = dict(model=model_name, size=size, tflop_per_img=flops / 1e12, interp=interp)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            set_attn_impl(net, ref_impl)
+            with torch.no_grad():
+                ref = net(x)[key].float()
+                times = timed(lambda: net(x), device, max(1, repeat // 4))
+            sec = statistics.median(times)
+            rec.row(
+                **common,
+                precision="fp32",
+                attn_impl=ref_impl,
+                s_per_img=sec,
+                img_per_s=1 / sec,
+                tflops=flops / sec / 1e12,
+                max_err=0.0,
+                rel_l2_err=0.0,
+            )
+            base = None
+            for impl in impls:
+                try:
+                    set_attn_impl(net, impl)
+                    with torch.no_grad(), torch.autocast(torch.device(device).type, torch.bfloat16):
+                        err = _errors(net(x)[key], ref)
+                        times = timed(lambda: net(x), device, repeat)
+                    sec = statistics.median(times)
+                    base = base or sec
+                    rec.row(
+                        **common,
+                        precision="bf16",
+                        attn_impl=impl,
+                        s_per_img=sec,
+                        img_per_s=1 / sec,
+                        tflops=flops / sec / 1e12,
+                        peak_fraction=flops / sec / 1e12 / PEAK_BF16_TFLOPS,
+                        speedup_vs_plain=base / sec if impls[0] == ref_impl else None,
+                        **err,
+                    )
+                except Exception as e:  # one impl failing (e.g. out of memory) keeps the others
+                    rec.row(**common, precision="bf16", attn_impl=impl, error=_short(e))
+                    if device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+            del ref
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        except Exception as e:  # e.g. the fp32 reference out of memory: the next size still runs
+            rec.row(model=model_name, size=size, error=_short(e))
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
 
 
 def section_backbone(rec, args):
@@ -387,7 +394,7 @@ def section_detector(rec, args):
                 images=len(times),
                 s_per_img=sec,
                 img_per_s=1 / sec,
-                dets_per_img=statistics.mean(dets[1:]),
+                dets_per_img=float(statistics.mean(dets[1:])),
             )
         except Exception as e:
             rec.row(precision=label, attn_impl=impl, soft_nms_topk=topk, error=_short(e))

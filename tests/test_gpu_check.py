@@ -86,7 +86,10 @@ def test_smoke_run_writes_every_section(tmp_path, gpu_check):
         for row in section["rows"]:
             assert "error" not in row, (name, row)
             for field in fields:
-                assert isinstance(row[field], float) and math.isfinite(row[field]), (name, row)
+                assert isinstance(row[field], (int, float)) and math.isfinite(row[field]), (
+                    name,
+                    row,
+                )
     backbone = results["sections"]["backbone"]["rows"]
     assert {r["attn_impl"] for r in backbone} == {"plain", "sdpa", "blocked", "augmented"}
     assert {r["size"] for r in backbone} == {128, 160}
