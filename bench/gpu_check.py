@@ -324,13 +324,15 @@ def section_backbone(rec, args):
     over = SMOKE_EVA01 if args.smoke else []
     small, large = (128, 160) if args.smoke else (1280, 1536)
     configs = [(small, EVA01, over), (large, EVA01_1536, over)]
-    bench_vit(rec, args, "EVA-01 1B", configs, ["plain", "sdpa", "blocked", "augmented"])
+    name = "EVA-01 tiny (smoke)" if args.smoke else "EVA-01 1B"
+    bench_vit(rec, args, name, configs, ["plain", "sdpa", "blocked", "augmented"])
 
 
 def section_eva02(rec, args):
     over = SMOKE_VIT + ["model.backbone.square_pad=128"] if args.smoke else []
     size = 128 if args.smoke else 1536
-    bench_vit(rec, args, "EVA-02 L", [(size, EVA02_L, over)], ["plain", "sdpa"])
+    name = "EVA-02 tiny (smoke)" if args.smoke else "EVA-02 L"
+    bench_vit(rec, args, name, [(size, EVA02_L, over)], ["plain", "sdpa"])
 
 
 def section_detector(rec, args):
