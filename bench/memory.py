@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.utils.events import EventStorage
 
 from eva_det.layers.rel_pos_attention import DEFAULT_MAX_MASK_BYTES
 
@@ -260,28 +261,54 @@ def synthetic_input(size: int, num_boxes: int = 10, num_classes: int = 80) -> di
     return {"image": image, "height": size, "width": size, "instances": inst}
 
 
-def measure_training(cfg, size: int, checkpointing: bool, device: str) -> int:
-    """Peak bytes of the second AMP training step on one image."""
+def reset_peak(device: str) -> None:
+    """Start a peak-memory measurement on ``device`` (CUDA: the caching allocator's peak)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def read_peak(device: str) -> int:
+    """Peak bytes since :func:`reset_peak`: ``torch.cuda.max_memory_allocated`` on CUDA; on the
+    CPU the process's peak resident set size (``ru_maxrss``, never reset: an upper bound)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def measure_training(
+    cfg, size: int, checkpointing: bool, device: str, amp_dtype=torch.float16
+) -> int:
+    """Peak bytes of the second AMP training step on one image.
+
+    Args:
+        amp_dtype: autocast dtype (float16 as the official recipe; bfloat16 for CPU autocast).
+    """
     cfg.model.backbone.net.use_act_checkpoint = checkpointing
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    scaler = torch.amp.GradScaler(device)
+    device_type = torch.device(device).type
+    scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
     batch = [synthetic_input(size)]
     peak = 0
-    for _ in range(2):
-        torch.cuda.reset_peak_memory_stats()
-        with torch.autocast(device, dtype=torch.float16):
-            losses = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
+    with EventStorage(0):  # detectron2's training forward logs into the current storage
+        for _ in range(2):
+            reset_peak(device)
+            with torch.autocast(device_type, dtype=amp_dtype):
+                losses = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(sum(losses.values())).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            peak = read_peak(device)
     del model, optimizer, scaler
-    torch.cuda.empty_cache()
+    if device_type == "cuda":
+        torch.cuda.empty_cache()
     return peak
 
 

@@ -267,6 +267,7 @@ def test_invalid_arguments():
         batched_soft_nms(boxes - 1, scores, torch.tensor([0, 1, 1]))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_matches_reference(method):

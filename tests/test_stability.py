@@ -155,6 +155,7 @@ def test_training_cli_logs_clipped_gradient_norm(tmp_path, repo_root, mini_shape
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows.values())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP training needs CUDA")
 def test_amp_clipping_acts_on_unscaled_gradients():
     model = Toy().cuda()
