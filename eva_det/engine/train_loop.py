@@ -20,6 +20,7 @@ from eva_det.evaluation.inference import inference_on_dataset  # progress bar, b
 from eva_det.modeling.tta import build_tta_model
 
 from .ema import EMA_KEY, EMAHook, EMAState, apply_ema_weights, build_model_ema
+from .interrupt import StopOnInterrupt, resume_command
 from .precision import inference_precision
 from .trainer import build_trainer, create_ddp_model
 
@@ -78,8 +79,19 @@ def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
     return results
 
 
-def do_train(cfg, resume: bool = False) -> None:
-    """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations with periodic eval/checkpoints."""
+def do_train(cfg, resume: bool = False, resume_hint: Optional[str] = None) -> None:
+    """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations with periodic eval/checkpoints.
+
+    Ctrl-C stops after the iteration in progress with a checkpoint
+    (:class:`eva_det.engine.interrupt.StopOnInterrupt`) and raises
+    :class:`~eva_det.engine.interrupt.TrainingInterrupted`.
+
+    Args:
+        cfg: the LazyConfig.
+        resume (bool): continue from the last checkpoint in ``train.output_dir``.
+        resume_hint (str or None): the command that continues this run, named when Ctrl-C stops
+            it; None: this process's command line with ``--resume`` added.
+    """
     model = build_model(cfg)
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
@@ -116,6 +128,8 @@ def do_train(cfg, resume: bool = False) -> None:
             )
             if comm.is_main_process()
             else None,
+            # last: stops after the iteration's checkpoint / evaluation hooks have run
+            StopOnInterrupt(checkpointer, resume_hint or resume_command()),
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
