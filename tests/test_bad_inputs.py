@@ -588,7 +588,8 @@ def test_ctrl_c_stops_training_cleanly_with_the_resume_command(
     assert not [f for f in os.listdir(out) if f.endswith(".tmp") or f.startswith(".")]
     assert not (out / "model_final.pth").exists()
     saved = torch.load(out / name, map_location="cpu", weights_only=False)
-    assert saved["iteration"] == iteration and "optimizer" in saved
+    assert saved["iteration"] == iteration and "optimizer" in saved["trainer"]
+    assert saved["data_loader"]["samples_seen"] == (iteration + 1) * 2  # batch size 2
 
     # the printed command is this run's with --resume, and it continues after that iteration
     command = shlex.split(output.split("To continue from it, run:\n", 1)[1].splitlines()[0])

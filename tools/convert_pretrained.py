@@ -60,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
             f"--input {args.input}: no such file (working directory {os.getcwd()}). Pass the "
             "downloaded pretrained checkpoint (.pt / .pth)."
         )
+    with open(args.input, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..) or, before torch 1.6, a pickle (protocol byte 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise InputError(
+            f"--input {args.input}: not a torch checkpoint (it starts with {head!r}, neither a "
+            "zip archive nor a pickle). Pass an EVA / EVA-02 pretrained .pt / .pth file; a "
+            "failed download often saves an html or text page instead."
+        )
     if os.path.isdir(args.output):
         raise InputError(f"--output {args.output} is a folder; give the file name to write.")
     try:
