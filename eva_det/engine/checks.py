@@ -492,7 +492,12 @@ def explain_dataset_errors(cfg, eval_only: bool = False) -> Iterator[None]:
     """
     try:
         yield
-    except AssertionError:  # detectron2's get_detection_dataset_dicts on an empty dataset
+    except AssertionError as e:  # detectron2's get_detection_dataset_dicts on an empty dataset
+        # its messages: "Dataset 'X' is empty!" / "No valid data found in X."; other assertions
+        # are passed on without reading any dataset
+        text = str(e)
+        if not ("is empty!" in text or "No valid data found" in text):
+            raise
         problem = _empty_dataset_problem(cfg, eval_only)
         if problem is None:
             raise
