@@ -1,12 +1,13 @@
 """Ctrl-C during training: finish the iteration, save a checkpoint, stop with the resume command.
 
-:class:`StopOnInterrupt` is the last training hook. While training runs it replaces Python's
-SIGINT handler: the first Ctrl-C only sets a flag; after the iteration in progress (and any
-checkpoint or evaluation hooks of that iteration) every process agrees to stop, the main process
-saves ``model_<iteration>.pth`` (atomically, tagged in ``last_checkpoint``) and
-:class:`TrainingInterrupted` is raised with a message naming the checkpoint and the exact
-``--resume`` command. A second Ctrl-C stops at once (the last complete checkpoint stays the
-newest one). The CLI (:mod:`eva_det.engine.launch`) logs the message and exits with status 130.
+:class:`StopOnInterrupt` runs after the checkpoint and evaluation hooks, before the writers.
+While training runs it replaces Python's SIGINT handler: the first Ctrl-C only sets a flag;
+after the iteration in progress (and any checkpoint or evaluation hooks of that iteration) every
+process agrees to stop, the main process saves ``model_<iteration>.pth`` (atomically, tagged
+in ``last_checkpoint``) and :class:`TrainingInterrupted` is raised with a message naming the
+checkpoint and the exact ``--resume`` command. A second Ctrl-C stops at once (the last complete
+checkpoint stays the newest one). The CLI (:mod:`eva_det.engine.launch`) logs the message and
+exits with status 130.
 
 Data-loader workers are started with SIGINT blocked (:func:`sigint_blocked`), so that a Ctrl-C
 in a terminal, which reaches the whole process group, does not kill them under the iteration

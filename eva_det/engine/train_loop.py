@@ -122,14 +122,16 @@ def do_train(cfg, resume: bool = False, resume_hint: Optional[str] = None) -> No
             if comm.is_main_process()
             else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, ema_state)),
+            # after the iteration's checkpoint / evaluation hooks; before the writer, whose
+            # after_train then logs the last iteration (writing it twice divides by zero in
+            # detectron2's ETA estimate during the first iterations)
+            StopOnInterrupt(checkpointer, resume_hint or resume_command()),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
                 period=cfg.train.log_period,
             )
             if comm.is_main_process()
             else None,
-            # last: stops after the iteration's checkpoint / evaluation hooks have run
-            StopOnInterrupt(checkpointer, resume_hint or resume_command()),
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
