@@ -15,6 +15,7 @@ from shrink import EVA01_SHRINK, REPO, load_config
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.demo import LazyPredictor, expand_inputs, filter_instances
 from eva_det.demo.predictor import set_score_threshold
+from eva_det.errors import InputError
 
 CONFIG = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 OVERRIDES = EVA01_SHRINK + [
@@ -165,7 +166,7 @@ def test_expand_inputs(tmp_path):
         ("v.mp4", "v.mp4", True),
         ("w.MOV", "w.mp4", True),
     ]
-    with pytest.raises(FileNotFoundError, match="nothing"):
+    with pytest.raises(InputError, match="nothing"):
         expand_inputs([str(tmp_path / "nothing*.jpg")], out)
     with pytest.raises(ValueError, match="unknown file type"):
         expand_inputs([str(tmp_path / "z.gif")], out)

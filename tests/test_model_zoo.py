@@ -18,6 +18,7 @@ from shrink import EVA01_SHRINK, REPO
 from test_eva02_configs import EVA02_SHRINK, FAST_HEADS
 
 from eva_det import model_zoo
+from eva_det.errors import InputError
 
 # The releases, as listed by the official READMEs (EVA-01/det and EVA-02/det).
 EVA01_NAMES = ["eva_o365", "eva_coco_det", "eva_coco_seg", "eva_lvis"]
@@ -57,7 +58,7 @@ def test_table_lists_every_release_with_hub_urls_and_existing_configs():
         assert model_zoo.get_checkpoint_url(name) == url
     for name in model_zoo.list_models():
         assert os.path.isfile(os.path.join(REPO, model_zoo.get_checkpoint(name).config)), name
-    with pytest.raises(KeyError, match="eva02_L_coco_bsl"):
+    with pytest.raises(InputError, match="eva02_L_coco_bsl"):
         model_zoo.get_checkpoint("eva02_XL_coco")
     with pytest.raises(ValueError):
         model_zoo.list_models("EVA-03")
@@ -181,7 +182,7 @@ def test_offline_download_error_names_url_and_fix(monkeypatch):
 
     monkeypatch.setattr(PathManager, "get_local_path", no_network)
     url = model_zoo.get_checkpoint_url("eva02_B_coco_bsl")
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(InputError) as err:
         model_zoo.get("eva02_B_coco_bsl", overrides=shrink("eva02_B_coco_bsl"))
     message = str(err.value)
     assert calls == [url]
@@ -190,14 +191,14 @@ def test_offline_download_error_names_url_and_fix(monkeypatch):
     assert "train.init_checkpoint=/path/to/eva02_B_coco_bsl.pth" in message
 
     other = "https://mirror.invalid/eva_lvis.pth"
-    with pytest.raises(RuntimeError, match=re.escape(other)):
+    with pytest.raises(InputError, match=re.escape(other)):
         model_zoo.get("eva_lvis", checkpoint=other)
     assert calls[-1] == other
 
 
 def test_missing_local_checkpoint_is_named(tmp_path):
     missing = str(tmp_path / "eva02_B_coco_bsl.pth")
-    with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+    with pytest.raises(InputError, match=re.escape(missing)):
         model_zoo.resolve_checkpoint(missing)
     present = tmp_path / "present.pth"
     present.write_bytes(b"")

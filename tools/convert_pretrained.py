@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import pickle
 import sys
 
 from eva_det.checkpoint import FORMATS, convert_file
+from eva_det.errors import InputError, exit_on_input_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,20 +47,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the conversion; returns the process exit status."""
+    """Run the conversion; returns the process exit status.
+
+    Raises:
+        InputError: the input is missing, not a torch checkpoint or not a convertible ViT, or
+            the output name is unusable (see docs/TROUBLESHOOTING.md).
+    """
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    convert_file(
-        args.input,
-        args.output,
-        args.format,
-        patch_size=args.patch_size,
-        pretrain_img_size=args.pretrain_img_size,
-        keep_gamma=args.keep_gamma,
-        prefix=args.prefix,
-    )
+    if not os.path.isfile(args.input):
+        raise InputError(
+            f"--input {args.input}: no such file (working directory {os.getcwd()}). Pass the "
+            "downloaded pretrained checkpoint (.pt / .pth)."
+        )
+    with open(args.input, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..) or, before torch 1.6, a pickle (protocol byte 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise InputError(
+            f"--input {args.input}: not a torch checkpoint (it starts with {head!r}, neither a "
+            "zip archive nor a pickle). Pass an EVA / EVA-02 pretrained .pt / .pth file; a "
+            "failed download often saves an html or text page instead."
+        )
+    if os.path.isdir(args.output):
+        raise InputError(f"--output {args.output} is a folder; give the file name to write.")
+    try:
+        convert_file(
+            args.input,
+            args.output,
+            args.format,
+            patch_size=args.patch_size,
+            pretrain_img_size=args.pretrain_img_size,
+            keep_gamma=args.keep_gamma,
+            prefix=args.prefix,
+        )
+    except InputError:
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # torch.load of a non-checkpoint
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(
+            f"--input {args.input}: cannot read it as a torch checkpoint ({type(e).__name__}: "
+            f"{first}). Pass an EVA / EVA-02 pretrained .pt / .pth file; download it again if "
+            "it may be truncated."
+        ) from None
+    except ValueError as e:  # the conversion's own checks: the layout is not a known ViT
+        named = args.input in str(e) or args.output in str(e)
+        raise InputError(str(e) if named else f"--input {args.input}: {e}") from None
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` as a command: bad input is one message and exit status 2, no traceback."""
+    with exit_on_input_error():
+        return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

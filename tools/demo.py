@@ -59,18 +59,24 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
 
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
-    """Run the demo; returns the files written."""
-    from detectron2.config import LazyConfig
+    """Run the demo; returns the files written.
+
+    Raises:
+        InputError: bad config, override, weights file or input (see docs/TROUBLESHOOTING.md).
+    """
     from detectron2.utils.logger import setup_logger
 
-    from eva_det.demo import LazyPredictor, run_demo
+    from eva_det.demo import LazyPredictor, expand_inputs, run_demo
     from eva_det.demo.predictor import set_score_threshold
+    from eva_det.engine.checks import check_init_checkpoint, load_config
 
     args, overrides = parse_args(argv)
     setup_logger(name="eva_det", abbrev_name="eva_det", enable_propagation=True)
     setup_logger(name="fvcore")
     logger = logging.getLogger("eva_det.demo")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), overrides)
+    cfg = load_config(args.config_file, overrides)
+    check_init_checkpoint(cfg, option="--weights" if args.weights else "train.init_checkpoint")
+    expand_inputs(args.input, args.output)  # bad inputs fail before the model is built
     set_score_threshold(cfg, args.confidence_threshold)
     predictor = LazyPredictor(cfg)
     written = run_demo(predictor, args.input, args.output, args.confidence_threshold)
@@ -78,6 +84,14 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     return written
 
 
+def cli(argv: Optional[List[str]] = None) -> int:
+    """``main`` as a command: bad input is one message and exit status 2, no traceback."""
+    from eva_det.errors import exit_on_input_error
+
+    with exit_on_input_error():
+        main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(cli())

@@ -24,9 +24,10 @@ import argparse
 import logging
 import sys
 
-from detectron2.config import LazyConfig
 from detectron2.utils.logger import setup_logger
 
+from eva_det.engine.checks import check_dataset, check_init_checkpoint, load_config
+from eva_det.errors import exit_on_input_error
 from eva_det.evaluation.submission import DEFAULT_SHARD_SIZE, run_submission
 
 
@@ -67,14 +68,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run inference and packaging; returns the process exit status."""
+    """Run inference and packaging; returns the process exit status.
+
+    Raises:
+        InputError: bad config, override, dataset, checkpoint or option
+            (see docs/TROUBLESHOOTING.md).
+    """
     args = parse_args(argv)
     setup_logger(name="detectron2")
     # propagate, so that in-process callers (tests) still see the records on the root logger
     setup_logger(name="eva_det", abbrev_name="eva_det", enable_propagation=True)
     import eva_det.data  # noqa: F401  (registers eva_det's datasets)
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_config(args.config_file, args.opts)
+    check_dataset(args.dataset, "--dataset")
+    check_init_checkpoint(cfg)
     report = run_submission(
         cfg,
         args.dataset,
@@ -89,5 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` as a command: bad input is one message and exit status 2, no traceback."""
+    with exit_on_input_error():
+        return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

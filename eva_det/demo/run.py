@@ -15,6 +15,8 @@ from typing import Callable, Iterable, List, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from eva_det.errors import InputError
+
 from .visualize import FrameDrawer, draw_instances_with_labels, filter_instances
 
 __all__ = [
@@ -72,9 +74,8 @@ def expand_inputs(inputs: Sequence[str], output_dir: str) -> List[DemoItem]:
         processed once).
 
     Raises:
-        FileNotFoundError: an input matches no file.
-        ValueError: a file is neither an image nor a video, or two inputs would write the same
-            output file.
+        InputError: an input matches no file, a file is neither an image nor a video, or two
+            inputs would write the same output file.
     """
     items: List[DemoItem] = []
     for entry in inputs:
@@ -86,7 +87,7 @@ def expand_inputs(inputs: Sequence[str], output_dir: str) -> List[DemoItem]:
                 if _kind(name) == "image"
             )
             if not found:
-                raise FileNotFoundError(
+                raise InputError(
                     f"--input {entry}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder"
                 )
             items += [_item(p, os.path.relpath(p, entry), output_dir) for p in found]
@@ -94,10 +95,13 @@ def expand_inputs(inputs: Sequence[str], output_dir: str) -> List[DemoItem]:
         matches = [entry] if os.path.isfile(entry) else sorted(glob.glob(entry, recursive=True))
         matches = [p for p in matches if os.path.isfile(p)]
         if not matches:
-            raise FileNotFoundError(f"--input {entry}: no such file, folder or matching glob")
+            raise InputError(
+                f"--input {entry}: no such file, folder or matching glob (working directory "
+                f"{os.getcwd()}). Give existing image / video files, folders or globs."
+            )
         for path in matches:
             if not _kind(path):
-                raise ValueError(
+                raise InputError(
                     f"--input {path}: unknown file type; images: {', '.join(IMAGE_EXTENSIONS)}; "
                     f"videos: {', '.join(VIDEO_EXTENSIONS)}"
                 )
@@ -106,7 +110,7 @@ def expand_inputs(inputs: Sequence[str], output_dir: str) -> List[DemoItem]:
     for item in items:
         other = seen.setdefault(os.path.abspath(item.output), item.path)
         if os.path.abspath(other) != os.path.abspath(item.path):
-            raise ValueError(
+            raise InputError(
                 f"--input {other} and {item.path} would both be written to {item.output}: "
                 "pass them in separate runs or rename one"
             )
@@ -150,7 +154,13 @@ def run_on_images(
 
     items = list(items)
     for item in tqdm(items, desc="images", unit="img", disable=not items):
-        image_bgr = read_image(item.path, format="BGR")  # applies EXIF orientation
+        try:
+            image_bgr = read_image(item.path, format="BGR")  # applies EXIF orientation
+        except (OSError, ValueError) as e:
+            raise InputError(
+                f"--input {item.path}: cannot read this image ({type(e).__name__}: {e}). "
+                "Check the file (truncated or not an image?) or leave it out."
+            ) from None
         instances = filter_instances(predictor(image_bgr)["instances"], threshold)
         drawn, labels = draw_instances_with_labels(image_bgr[:, :, ::-1], instances, metadata)
         _write_image(item.output, np.ascontiguousarray(drawn[:, :, ::-1]))
@@ -177,7 +187,10 @@ def run_on_video(predictor: Callable, item: DemoItem, threshold: float, metadata
 
     capture = cv2.VideoCapture(item.path)
     if not capture.isOpened():
-        raise OSError(f"--input {item.path}: OpenCV cannot open this video")
+        raise InputError(
+            f"--input {item.path}: OpenCV cannot open this video. Check the file, or convert it "
+            "to mp4 (H.264) with ffmpeg."
+        )
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
@@ -203,7 +216,7 @@ def run_on_video(predictor: Callable, item: DemoItem, threshold: float, metadata
                 bar.update(1)
         writer.release()
         if frames == 0:
-            raise OSError(f"--input {item.path}: no frame could be decoded")
+            raise InputError(f"--input {item.path}: no frame could be decoded; check the file.")
         os.replace(tmp, item.output)
     finally:
         capture.release()

@@ -1,4 +1,4 @@
-"""Checks that run before anything is built: config overrides, dataset names, dataset paths.
+"""Checks that run before anything is built: config file and overrides, datasets, checkpoint.
 
 Each failing check raises :class:`eva_det.errors.InputError` with one message that names the key,
 dataset, file or variable that is wrong, close matches where they help, and the fix. The checks
@@ -6,8 +6,9 @@ are cheap (no dataset json is parsed); problems that only show while a dataset j
 category id missing from its ``categories``) are explained by :func:`explain_dataset_errors`,
 which inspects the json only after detectron2's loader failed on it.
 
-Used by :mod:`eva_det.engine.launch` (``load_config`` + ``check_inputs`` before ``main`` builds
-the model). All messages are listed in ``docs/TROUBLESHOOTING.md``.
+Used by every tool: :mod:`eva_det.engine.launch` (``load_config`` + ``check_inputs`` before
+``main`` builds the model), ``tools/demo.py``, ``tools/test_dev_submission.py`` and the model zoo
+API. All messages are listed in ``docs/TROUBLESHOOTING.md``.
 """
 
 import contextlib
@@ -16,6 +17,8 @@ import inspect
 import json
 import logging
 import os
+import re
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -33,7 +36,9 @@ from eva_det.errors import InputError
 __all__ = [
     "JsonReport",
     "apply_overrides",
+    "check_dataset",
     "check_datasets",
+    "check_init_checkpoint",
     "check_inputs",
     "check_overrides",
     "configured_datasets",
@@ -78,7 +83,34 @@ def load_config(config_file: str, overrides: Sequence[str] = ()):
             "Config paths are relative to the working directory, e.g. "
             "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py from the repository."
         )
-    return apply_overrides(LazyConfig.load(config_file), overrides)
+    return apply_overrides(_load_python_config(config_file), overrides)
+
+
+def _load_python_config(config_file: str):
+    """``LazyConfig.load`` with an InputError naming the file and line of a broken config."""
+    try:
+        return LazyConfig.load(config_file)
+    except SyntaxError as error:
+        # detectron2 re-raises the compiler's error as "Config file ... has syntax error!"
+        e = error.__cause__ if isinstance(error.__cause__, SyntaxError) else error
+        named = re.match(r"Config file (.+) has syntax error!", str(error.msg))
+        filename = named.group(1) if named else e.filename
+        if not filename or filename.startswith("<"):
+            filename = config_file
+        line = f": {e.text.strip()!r}" if e.text else ""
+        raise InputError(
+            f"{filename}, line {e.lineno}: Python syntax error ({e.msg}){line}. "
+            f"Fix that line of the config (--config-file {config_file} is Python code)."
+        ) from None
+    except (NameError, ImportError, AttributeError) as e:
+        frames = [
+            f for f in traceback.extract_tb(e.__traceback__) if "site-packages" not in f.filename
+        ]
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+        raise InputError(
+            f"--config-file {config_file} cannot be loaded: {type(e).__name__}: {e}{where}. "
+            "Fix the name or import in that config (or in the config it imports)."
+        ) from None
 
 
 def apply_overrides(cfg, overrides: Sequence[str]):
@@ -109,7 +141,7 @@ def check_overrides(cfg, overrides: Sequence[str]) -> None:
             f"Cannot parse the config overrides {list(overrides)}: {e}. Write them as key=value "
             "(no spaces around '='; quote values with spaces, e.g. 'key=\"a b\"')."
         ) from None
-    problems = []
+    problems, type_problems = [], []
     for o in parsed:
         if o.is_delete():
             problems.append(f"{o.input_line}: deleting keys (~key) is not supported")
@@ -117,11 +149,21 @@ def check_overrides(cfg, overrides: Sequence[str]) -> None:
             problem = _unknown_key_problem(cfg, o.key_or_group)
             if problem:
                 problems.append(problem)
+            else:
+                wrong_type = _type_problem(cfg, o.key_or_group, o.value(), o.input_line)
+                if wrong_type:
+                    type_problems.append(wrong_type)
     if problems:
         raise InputError(
             "Config override(s) for keys the config does not have:\n  "
             + "\n  ".join(problems)
             + "\nFix the key name, or write +key=value to add a new key on purpose."
+        )
+    if type_problems:
+        raise InputError(
+            "Config override(s) with a value of the wrong type:\n  "
+            + "\n  ".join(type_problems)
+            + "\nWrite a value of the type the config has (numbers unquoted; true / false)."
         )
 
 
@@ -157,6 +199,52 @@ def _unknown_key_problem(cfg, key: str) -> Optional[str]:
     prefix = f"{parent_key}." if parent_key else ""
     suggestion = " Did you mean " + " or ".join(prefix + c for c in close) + "?" if close else ""
     return f"{key}: {where} does not exist.{suggestion}"
+
+
+def _current_value(cfg, key: str):
+    """The config's value of ``key``, or the default of the LazyCall argument it names."""
+    value = _select(cfg, key)
+    if value is not _ABSENT or "." not in key:
+        return value
+    parent_key, name = key.rsplit(".", 1)
+    parent = _select(cfg, parent_key)
+    if not OmegaConf.is_dict(parent) or "_target_" not in parent:
+        return _ABSENT
+    target = parent._target_
+    target = locate(target) if isinstance(target, str) else target
+    try:
+        parameter = inspect.signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        return _ABSENT
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return _ABSENT
+    return parameter.default
+
+
+def _type_problem(cfg, key: str, value, text: str) -> Optional[str]:
+    """A one-line description if ``value`` cannot stand for the number / bool at ``key``.
+
+    Only numbers and booleans are checked (a text where a number belongs fails deep inside the
+    model, e.g. ``'<' not supported between instances of 'str' and 'int'``); ints and floats
+    stand for each other, ``None`` and ``${...}`` interpolations for anything.
+    """
+    current = _current_value(cfg, key)
+    if current is _ABSENT or current is None or value is None:
+        return None
+    if isinstance(value, str) and value.startswith("${"):
+        return None
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return None
+        expected = "true or false"
+    elif isinstance(current, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None
+        expected = "a number"
+    else:
+        return None
+    given = f"the text {value!r}" if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+    return f"{text}: {key} must be {expected} (the config has {current!r}), got {given}"
 
 
 def _call_arguments(target) -> Tuple[List[str], bool]:
@@ -221,23 +309,34 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
     data is already complete (:func:`eva_det.data.datasets.shapes.shapes_root_problem`).
     """
     configured = configured_datasets(cfg, eval_only)  # registers LazyCall-registered names
-    registered = DatasetCatalog.list()
     seen = set()
     for key, name in configured:
-        if name in seen:
-            continue
-        seen.add(name)
-        if name not in registered:
-            close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
-            hint = f" Close registered names: {', '.join(close)}." if close else ""
-            raise InputError(
-                f"{key}: dataset {name!r} is not registered.{hint} Fix the name; for your own "
-                "COCO-format json use a projects/ViTDet/configs/Custom/ recipe "
-                "(docs/CUSTOM_DATASETS.md), or register it (e.g. detectron2.data.datasets."
-                "register_coco_instances) at the top of the script that starts training."
-            )
-        _check_loader_packages(name)
-        _check_dataset_files(name)
+        if name not in seen:
+            seen.add(name)
+            check_dataset(name, key)
+
+
+def check_dataset(name: str, key: str) -> None:
+    """Raise InputError if dataset ``name`` is not registered or its files are missing.
+
+    Args:
+        name (str): a dataset name.
+        key (str): where the name came from (a config key or a command-line option), named in
+            the message.
+    """
+    registered = DatasetCatalog.list()
+    if name not in registered:
+        close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+        hint = f" Close registered names: {', '.join(close)}." if close else ""
+        raise InputError(
+            f"{key}: dataset {name!r} is not registered.{hint} Fix the name; for your own "
+            "COCO-format json use a projects/ViTDet/configs/Custom/ recipe "
+            "(docs/CUSTOM_DATASETS.md), or register it (e.g. detectron2.data.datasets."
+            "register_coco_instances) at the top of the script that starts training, so every "
+            "process registers it."
+        )
+    _check_loader_packages(name)
+    _check_dataset_files(name)
 
 
 def _check_loader_packages(name: str) -> None:
@@ -293,9 +392,38 @@ def _is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def check_inputs(cfg, eval_only: bool = False) -> None:
-    """All pre-build checks of a parsed config (overrides are checked in :func:`load_config`)."""
+def check_init_checkpoint(cfg, resume: bool = False, option: str = "train.init_checkpoint") -> None:
+    """Raise InputError if ``train.init_checkpoint`` names a local file that does not exist.
+
+    Empty means random weights; URLs (``://``) are left to detectron2's path manager; with
+    ``resume`` and a ``last_checkpoint`` in ``train.output_dir`` the file is not read.
+
+    Args:
+        cfg: a LazyConfig with ``train.init_checkpoint``.
+        resume (bool): the run is started with ``--resume``.
+        option (str): how the user gave the path (e.g. ``--weights``), named in the message.
+    """
+    path = _select(cfg, "train.init_checkpoint")
+    if path is _ABSENT or not path or "://" in str(path) or os.path.isfile(str(path)):
+        return
+    output_dir = _select(cfg, "train.output_dir")
+    if resume and isinstance(output_dir, str):
+        if os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+            return
+    raise InputError(
+        f"{option}={path}: no such file (working directory {os.getcwd()}). Pass the path of a "
+        "downloaded .pth checkpoint (released ones: docs/MODEL_ZOO.md; pretrained EVA / EVA-02 "
+        "backbones are converted with tools/convert_pretrained.py), or "
+        "train.init_checkpoint='' to start from random weights."
+    )
+
+
+def check_inputs(cfg, eval_only: bool = False, resume: bool = False) -> None:
+    """All pre-build checks of a parsed config (overrides are checked in :func:`load_config`):
+    datasets (:func:`check_datasets`) and ``train.init_checkpoint``
+    (:func:`check_init_checkpoint`)."""
     check_datasets(cfg, eval_only)
+    check_init_checkpoint(cfg, resume=resume and not eval_only)
 
 
 # ----------------------------------------------------------------------------- dataset json files
@@ -345,15 +473,64 @@ def inspect_coco_json(json_file: str) -> JsonReport:
     return report
 
 
+def _empty_dataset_problem(cfg, eval_only: bool) -> Optional[str]:
+    """A message if a configured dataset (or the training set after dropping images without
+    annotations) is empty; None otherwise."""
+    for split in ("test",) if eval_only else ("train", "test"):
+        key = f"dataloader.{split}.dataset.names"
+        names = _select(cfg, key)
+        if names is _ABSENT or names is None:
+            continue
+        names = [names] if isinstance(names, str) else [str(n) for n in names]
+        sizes = {n: DatasetCatalog.get(n) for n in names if n in DatasetCatalog.list()}
+        files = {n: MetadataCatalog.get(n).get("json_file", "") for n in sizes}
+        for name, dicts in sizes.items():
+            if not dicts:
+                where = f" ({files[name]})" if files[name] else ""
+                return (
+                    f"{key}: dataset {name!r}{where} has no images. Check its json's "
+                    "'images' list (or the registration), or use another dataset."
+                )
+        filter_empty = _select(cfg, f"dataloader.{split}.dataset.filter_empty")
+        if split == "train" and filter_empty is not False:
+            annotated = sum(
+                any(not a.get("iscrowd", 0) for a in d.get("annotations", []))
+                for dicts in sizes.values()
+                for d in dicts
+            )
+            if sizes and annotated == 0:
+                total = sum(len(d) for d in sizes.values())
+                return (
+                    f"{key}: the training set {list(sizes)} is empty: none of its {total} "
+                    "images has a (non-crowd) annotation, and images without one are dropped "
+                    "(dataloader.train.dataset.filter_empty). Check that the json's "
+                    "annotations use the images' ids, or train on another dataset."
+                )
+    return None
+
+
 @contextlib.contextmanager
 def explain_dataset_errors(cfg, eval_only: bool = False) -> Iterator[None]:
-    """Turn detectron2's "category_id=... does not exist in 'categories'" KeyError into InputError.
+    """Turn detectron2's dataset-loading errors into InputError.
 
-    detectron2's COCO loader stops at the first unknown id without naming the file; on that error
-    the configured datasets' json files are inspected and every unknown id is reported.
+    detectron2's COCO loader stops at the first unknown category id without naming the file
+    (a KeyError "category_id=... does not exist in 'categories'"): on that error the configured
+    datasets' json files are inspected and every unknown id is reported. An empty dataset (an
+    AssertionError in ``get_detection_dataset_dicts``) is reported with the dataset's name, file
+    and why it is empty.
     """
     try:
         yield
+    except AssertionError as e:  # detectron2's get_detection_dataset_dicts on an empty dataset
+        # its messages: "Dataset 'X' is empty!" / "No valid data found in X."; other assertions
+        # are passed on without reading any dataset
+        text = str(e)
+        if not ("is empty!" in text or "No valid data found" in text):
+            raise
+        problem = _empty_dataset_problem(cfg, eval_only)
+        if problem is None:
+            raise
+        raise InputError(problem) from None
     except KeyError as e:
         if "does not exist in 'categories'" not in str(e):
             raise

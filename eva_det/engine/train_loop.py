@@ -22,6 +22,7 @@ from eva_det.evaluation.inference import inference_on_dataset  # progress bar, b
 from eva_det.modeling.tta import build_tta_model
 
 from .ema import EMA_KEY, EMAHook, EMAState, apply_ema_weights, build_model_ema
+from .interrupt import StopOnInterrupt, resume_command
 from .pictures import PicturesHook, pictures_config
 from .precision import inference_precision
 from .trainer import build_trainer, create_ddp_model
@@ -84,8 +85,19 @@ def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
     return results
 
 
-def do_train(cfg, resume: bool = False) -> None:
-    """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations with periodic eval/checkpoints."""
+def do_train(cfg, resume: bool = False, resume_hint: Optional[str] = None) -> None:
+    """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations with periodic eval/checkpoints.
+
+    Ctrl-C stops after the iteration in progress with a checkpoint
+    (:class:`eva_det.engine.interrupt.StopOnInterrupt`) and raises
+    :class:`~eva_det.engine.interrupt.TrainingInterrupted`.
+
+    Args:
+        cfg: the LazyConfig.
+        resume (bool): continue from the last checkpoint in ``train.output_dir``.
+        resume_hint (str or None): the command that continues this run, named when Ctrl-C stops
+            it; None: this process's command line with ``--resume`` added.
+    """
     model = build_model(cfg)
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
@@ -116,6 +128,10 @@ def do_train(cfg, resume: bool = False) -> None:
             if comm.is_main_process()
             else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, ema_state)),
+            # after the iteration's checkpoint / evaluation hooks; before the writer, whose
+            # after_train then logs the last iteration (writing it twice divides by zero in
+            # detectron2's ETA estimate during the first iterations)
+            StopOnInterrupt(checkpointer, resume_hint or resume_command()),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
                 period=cfg.train.log_period,

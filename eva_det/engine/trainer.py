@@ -36,6 +36,8 @@ from detectron2.utils.events import get_event_storage
 
 from eva_det.errors import InputError
 
+from .interrupt import sigint_blocked
+
 __all__ = [
     "CLIP_GRAD_DEFAULTS",
     "EVAAMPTrainer",
@@ -115,7 +117,13 @@ class _GuardedStep:
     def run_step(self) -> None:
         assert self.model.training, f"[{type(self).__name__}] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        if self._data_loader_iter_obj is None:
+            # data-loader workers start here: Ctrl-C (sent to the whole process group) must not
+            # kill them while StopOnInterrupt finishes the iteration
+            with sigint_blocked():
+                data = next(self._data_loader_iter)
+        else:
+            data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
         if self.zero_grad_before_forward:

@@ -32,6 +32,8 @@ from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from eva_det.errors import InputError
+
 from .inference import inference_on_dataset
 from .postprocess import FastRCNNPostprocess, supports_fast_postprocess
 from .submission_cache import ShardCollector, check_manifest, fingerprint, load_shard
@@ -83,7 +85,7 @@ def _test_images(cfg, dataset_name: str) -> List[dict]:
     """Dataset dicts of the test set, from ``cfg.dataloader.test.dataset`` renamed."""
     test = cfg.dataloader.test
     if "dataset" not in test or "names" not in test.dataset:
-        raise ValueError(
+        raise InputError(
             "cfg.dataloader.test.dataset must be a LazyCall with a 'names' argument (e.g. "
             "get_detection_dataset_dicts) so that --dataset can replace it."
         )
@@ -91,7 +93,7 @@ def _test_images(cfg, dataset_name: str) -> List[dict]:
     dicts = instantiate(test.dataset)
     ids = [d["image_id"] for d in dicts]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"Dataset {dataset_name!r} lists some image ids more than once.")
+        raise InputError(f"Dataset {dataset_name!r} lists some image ids more than once.")
     return dicts
 
 
@@ -111,11 +113,11 @@ def _image_info(
     sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in info["images"]}
     missing = [d["image_id"] for d in dicts if d["image_id"] not in sizes]
     if missing:
-        raise ValueError(f"{json_file} lacks images {missing[:5]} of {dataset_name!r}.")
+        raise InputError(f"{json_file} lacks images {missing[:5]} of {dataset_name!r}.")
     known = {int(c["id"]) for c in info.get("categories", [])}
     unknown = sorted(set(category_ids) - known) if known else []
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"The metadata of {dataset_name!r} maps classes to category ids {unknown[:5]} that "
             f"{json_file} does not list; the dataset registration does not match its json."
         )
@@ -161,7 +163,7 @@ def _assemble(
     for task in tasks:
         keys = TASK_KEYS[task]
         if results and keys[2] not in results[0]:
-            raise ValueError(
+            raise InputError(
                 f"--tasks {task}: the model outputs no {keys[2]!r} (no mask head?); drop that task."
             )
         task_results = [{k: r[k] for k in keys} for r in results]
@@ -216,14 +218,14 @@ def run_submission(
     tasks = tuple(tasks or fmt.default_tasks)
     unknown = [t for t in tasks if t not in TASK_KEYS]
     if unknown:
-        raise ValueError(f"Unknown tasks {unknown}; choose from {sorted(TASK_KEYS)}.")
+        raise InputError(f"Unknown tasks {unknown}; choose from {sorted(TASK_KEYS)}.")
     max_dets = int(max_dets_per_image or fmt.default_max_dets)
     if shard_size < 1 or max_dets < 1:
-        raise ValueError(
+        raise InputError(
             f"shard_size ({shard_size}) and max_dets_per_image ({max_dets}) must be >= 1."
         )
     if not cfg.train.init_checkpoint:
-        raise ValueError(
+        raise InputError(
             "train.init_checkpoint is empty: pass train.init_checkpoint=/path/to/model.pth"
         )
 

@@ -19,6 +19,8 @@ from detectron2.structures import Instances
 from detectron2.utils.file_io import PathManager
 from omegaconf import OmegaConf
 
+from eva_det.errors import InputError
+
 from .coco_evaluation import write_json_atomic
 from .coco_json import instances_to_coco_json
 from .postprocess import top_scoring
@@ -54,7 +56,7 @@ def fingerprint(cfg, dataset_name: str, max_dets: int, shard_size: int) -> str:
     ckpt = cfg.train.init_checkpoint
     local = PathManager.get_local_path(ckpt)
     if not os.path.isfile(local):
-        raise FileNotFoundError(f"train.init_checkpoint={ckpt!r}: no such file.")
+        raise InputError(f"train.init_checkpoint={ckpt!r}: no such file.")
     stat = os.stat(local)
 
     def resolved(node):
@@ -86,7 +88,7 @@ def instances_to_results(
     results = instances_to_coco_json(instances, image_id)
     for r in results:
         if r["category_id"] not in class_to_category:
-            raise ValueError(
+            raise InputError(
                 f"The model predicted class {r['category_id']}, but the test set has "
                 f"{len(class_to_category)} classes: set model.roi_heads.num_classes to match."
             )
@@ -187,7 +189,7 @@ def check_manifest(cache_dir: str, manifest: dict) -> None:
         with open(path) as f:
             old = json.load(f)
         if old.get("fingerprint") != manifest["fingerprint"]:
-            raise ValueError(
+            raise InputError(
                 f"{path} belongs to a run with other settings (config, overrides, checkpoint, "
                 f"dataset, cap or shard size): {old}. Use another --output-dir, or delete "
                 f"{cache_dir} to start over."

@@ -33,6 +33,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from eva_det.errors import InputError
+
 __all__ = [
     "SERVER_FORMATS",
     "ServerFormat",
@@ -83,7 +85,7 @@ SERVER_FORMATS = {
 def check_alg_name(alg: str) -> None:
     """Raise ValueError unless ``alg`` is usable in COCO's ``..._<alg>_results.json`` names."""
     if not _ALG_PATTERN.match(alg):
-        raise ValueError(
+        raise InputError(
             f"--alg {alg!r}: use letters, digits and '-' only (COCO splits the results file "
             "name on '_'), e.g. --alg eva-01."
         )
@@ -93,7 +95,7 @@ def server_format(dataset_name: str) -> ServerFormat:
     """The server of a registered test set, from its metadata's ``evaluator_type``."""
     kind = MetadataCatalog.get(dataset_name).get("evaluator_type")
     if kind not in SERVER_FORMATS:
-        raise ValueError(
+        raise InputError(
             f"Dataset {dataset_name!r} has evaluator_type={kind!r} in its metadata; submissions "
             f"are packaged for {sorted(SERVER_FORMATS)} test sets (e.g. coco_2017_test-dev, "
             "lvis_v1_test_dev)."
@@ -127,7 +129,7 @@ def valid_category_ids(dataset_name: str) -> Dict[int, int]:
         return {int(v): int(k) for k, v in mapping.items()}
     classes = meta.get("thing_classes")
     if not classes:
-        raise ValueError(
+        raise InputError(
             f"Dataset {dataset_name!r} has neither thing_dataset_id_to_contiguous_id nor "
             "thing_classes in its metadata; cannot map predicted classes to category ids."
         )

@@ -10,16 +10,19 @@ URLs are downloaded once and cached by detectron2's ``PathManager`` (``$FVCORE_C
 path (``checkpoint=`` here, ``train.init_checkpoint=`` on the command line).
 """
 
+import difflib
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.utils.file_io import PathManager
 
 from eva_det.config.paths import repo_root
+from eva_det.engine.checks import load_config
 from eva_det.engine.ema import load_checkpoint_for_eval
+from eva_det.errors import InputError
 
 from .table import CHECKPOINTS, Checkpoint, Evaluation, checkpoints_by_name
 
@@ -46,7 +49,7 @@ def list_models(family: Optional[str] = None) -> List[str]:
         family (str or None): "EVA-01" or "EVA-02" to list one generation; None lists all.
     """
     if family is not None and family not in _FAMILIES:
-        raise ValueError(f"family must be one of {_FAMILIES} or None, got {family!r}")
+        raise InputError(f"family must be one of {_FAMILIES} or None, got {family!r}")
     return [c.name for c in CHECKPOINTS if family is None or c.family == family]
 
 
@@ -54,7 +57,11 @@ def get_checkpoint(name: str) -> Checkpoint:
     """The table entry of ``name`` (see :class:`eva_det.model_zoo.table.Checkpoint`)."""
     table: Dict[str, Checkpoint] = checkpoints_by_name()
     if name not in table:
-        raise KeyError(f"Unknown EVA checkpoint {name!r}; known: {', '.join(table)}")
+        close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise InputError(
+            f"Unknown EVA checkpoint {name!r}.{hint} Known: {', '.join(table)} (docs/MODEL_ZOO.md)."
+        )
     return table[name]
 
 
@@ -81,7 +88,7 @@ def get_evaluation(name: str, task: Optional[str] = None) -> Optional[Evaluation
         if task in evaluation.tasks:
             return evaluation
     published = sorted({t for e in entry.evaluations for t in e.tasks})
-    raise ValueError(
+    raise InputError(
         f"{name} has no published '{task}' evaluation (published tasks: {published or 'none'})"
     )
 
@@ -102,9 +109,8 @@ def resolve_checkpoint(path_or_url: str) -> str:
     """A local file for ``path_or_url``, downloading (and caching) URLs through ``PathManager``.
 
     Raises:
-        RuntimeError: the download failed; the message names the URL and how to use a file
-            downloaded elsewhere.
-        FileNotFoundError: a local path that does not exist.
+        InputError: the download failed (the message names the URL and how to use a file
+            downloaded elsewhere), or a local path that does not exist.
     """
     if os.path.isfile(path_or_url):
         return path_or_url
@@ -115,14 +121,14 @@ def resolve_checkpoint(path_or_url: str) -> str:
         if not is_url:
             raise
         name = path_or_url.rsplit("/", 1)[-1]
-        raise RuntimeError(
+        raise InputError(
             f"Could not download checkpoint {path_or_url} ({type(e).__name__}: {e}). Download "
             f"it on a machine with network access and pass the file instead: "
             f"eva_det.model_zoo.get(..., checkpoint='/path/to/{name}') or, on the command line, "
             f"train.init_checkpoint=/path/to/{name}."
-        ) from e
+        ) from None
     if not os.path.isfile(local):
-        raise FileNotFoundError(
+        raise InputError(
             f"Checkpoint {path_or_url} not found"
             + (f" (resolved to {local})" if local != path_or_url else "")
             + ". Pass the path of a downloaded .pth file."
@@ -154,16 +160,15 @@ def get_config(
     entry = get_checkpoint(name)
     path = repo_root() / entry.config
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"Config {entry.config} of checkpoint {name} is missing from {repo_root()}; "
             "eva_det's configs ship with the source checkout (bash tools/install.sh)."
         )
-    cfg = LazyConfig.load(os.fspath(path))
     opts = get_eval_overrides(name, task)
     if trained:
         opts.append(f"train.init_checkpoint={checkpoint or entry.url}")
-    cfg = LazyConfig.apply_overrides(cfg, opts + list(overrides))
-    return cfg
+    # unknown keys and values of the wrong type are InputErrors naming them
+    return load_config(os.fspath(path), opts + list(overrides))
 
 
 def get(
@@ -189,7 +194,8 @@ def get(
         overrides (Sequence[str]): further config overrides.
 
     Raises:
-        RuntimeError: the download failed (the message says how to pass a local file).
+        InputError: an unknown name, a bad override, a missing checkpoint file or a failed
+            download (the message says how to pass a local file).
     """
     cfg = get_config(name, trained=False, task=task, overrides=overrides)
     local = None
