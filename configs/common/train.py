@@ -17,3 +17,10 @@ train.seed = -1
 # clip_type "norm" (clip_grad_norm_ over all parameters, max norm clip_value, p = norm_type)
 # or "value" (clip_grad_value_ at clip_value)
 train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0)
+# checkpoint loading (eva_det.checkpoint.fit / safe_load): a checkpoint that does not fit the
+# model (evaluation: any tensor missing, unused or of another shape; training: the pretrained
+# backbone incomplete) is an error unless allow_checkpoint_mismatch=True; files that pickle
+# objects other than tensors (and the types official EVA files use) are refused unless
+# unsafe_load_executes_code=True, which runs the file's pickled code (trusted files only)
+train.allow_checkpoint_mismatch = False
+train.unsafe_load_executes_code = False
