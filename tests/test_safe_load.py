@@ -133,3 +133,19 @@ def test_convert_cli_opt_in(tmp_path):
     assert allowed.returncode == 0, allowed.stderr
     assert marker.exists() and "weights_only=False" in allowed.stderr
     assert set(load_checkpoint_file(str(out))) == {"model"}  # the output is tensors only
+
+
+def test_pkl_files_need_the_opt_in(tmp_path):
+    """detectron2 reads .pkl with plain pickle.load: refused unless the opt-in is given."""
+    import pickle
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "model.pkl"
+    with open(path, "wb") as f:
+        model = {"fc.weight": np.zeros((3, 2), np.float32)}
+        pickle.dump({"model": model, "__author__": "t", "x": _Executes(str(marker))}, f)
+    with pytest.raises(InputError, match=r"model.pkl: detectron2 reads .pkl files .*executes"):
+        EVACheckpointer(_Toy()).load(str(path))
+    assert not marker.exists()
+    EVACheckpointer(_Toy(), unsafe_load_executes_code=True).load(str(path))
+    assert marker.exists()

@@ -37,7 +37,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from eva_det.errors import InputError
 
 from .fit import check_fit, module_groups
-from .safe_load import load_checkpoint_file
+from .safe_load import UNSAFE_OPT_IN, load_checkpoint_file
 
 __all__ = [
     "EVACheckpointer",
@@ -205,6 +205,17 @@ class EVACheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+
+    def _load_file(self, filename: str):
+        """detectron2's ``_load_file``; its ``.pkl`` branch (plain ``pickle.load``, which runs the
+        file's code) only with ``unsafe_load_executes_code``."""
+        if filename.endswith(".pkl") and not self.unsafe_load_executes_code:
+            raise InputError(
+                f"Checkpoint {filename}: detectron2 reads .pkl files (Caffe2 / Detectron model "
+                "zoo) with pickle.load, which executes code from the file. eva_det's checkpoints "
+                f"are .pth files; if you trust this one, add {UNSAFE_OPT_IN}."
+            )
+        return super()._load_file(filename)
 
     def _torch_load(self, f: str):
         """Load ``f`` safely (:func:`.safe_load.load_checkpoint_file`); check it is a state dict."""
