@@ -24,7 +24,7 @@ import torch
 
 from .convert_common import ConversionResult, group_blocks, key_pattern, split_backbone_prefix
 from .convert_eva01 import convert_eva01
-from .convert_eva02 import convert_eva02, convert_timm_eva02
+from .convert_eva02 import convert_eva02, convert_timm_eva02, eva02_model_settings
 from .safe_load import load_checkpoint_file
 
 logger = logging.getLogger(__name__)
@@ -246,4 +246,15 @@ def convert_file(
     )
     for pattern, count, reason in summarize_dropped(result.dropped):
         logger.info("  dropped %s (%d key%s): %s", pattern, count, "s" * (count != 1), reason)
+    settings = eva02_model_settings(result.state_dict)
+    if settings is not None:
+        layout = "B/L, with" if settings["subln"] else "Ti/S, without"
+        logger.info(
+            "EVA-02 %s SwiGLU sub-LN (mlp.ffn_ln): train / evaluate %s with "
+            "model.backbone.net.subln=%s%s.",
+            layout,
+            output_path,
+            settings["subln"],
+            " (the default)" if settings["subln"] else "",
+        )
     return result
