@@ -173,3 +173,33 @@ def test_eval_only_with_another_embed_dim_exits_with_one_message(
         "vs (64, 32, 2, 2) in the model" in errors[0]
     )
     assert "... (40 more)" in errors[0]
+
+
+def test_model_zoo_refuses_a_checkpoint_of_another_model(tmp_path):
+    from test_model_zoo import NARROW_HEADS, shrink
+
+    from eva_det import model_zoo
+
+    name = "eva02_B_coco_bsl"
+    overrides = shrink(name) + NARROW_HEADS
+    other_cfg = model_zoo.get_config(name, overrides=overrides + ["model.roi_heads.num_classes=3"])
+    path = _save(instantiate(other_cfg.model), tmp_path / "three_classes.pth")
+    with pytest.raises(InputError) as info:
+        model_zoo.get(name, checkpoint=path, overrides=overrides)
+    assert "roi_heads.box_predictor.0.cls_score.weight (4, 64) in the file vs (81, 64)" in str(
+        info.value
+    )
+    opt_in = overrides + ["train.allow_checkpoint_mismatch=True"]
+    assert not model_zoo.get(name, checkpoint=path, overrides=opt_in).training
+
+
+def test_test_dev_submission_refuses_a_checkpoint_of_another_model(tmp_path):
+    from test_submission import CONFIG, TINY
+
+    from eva_det.evaluation.submission import _build_predictor
+
+    small = instantiate(load_config(CONFIG, TINY + ["model.backbone.net.embed_dim=32"]).model)
+    path = _save(small, tmp_path / "small.pth")
+    cfg = load_config(CONFIG, TINY + [f"train.init_checkpoint={path}"])
+    with pytest.raises(InputError, match=f"Checkpoint {path} does not fit the model"):
+        _build_predictor(cfg, max_dets=100)

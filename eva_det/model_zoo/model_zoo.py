@@ -190,6 +190,9 @@ def get(
 
     Raises:
         RuntimeError: the download failed (the message says how to pass a local file).
+        InputError: the checkpoint does not fit the model (``overrides`` with
+            ``train.allow_checkpoint_mismatch=True`` loads it anyway) or pickles objects that
+            are not loaded safely (see :mod:`eva_det.checkpoint.safe_load`).
     """
     cfg = get_config(name, trained=False, task=task, overrides=overrides)
     local = None
