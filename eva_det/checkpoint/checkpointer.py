@@ -43,6 +43,7 @@ __all__ = [
     "EVACheckpointer",
     "LoadReport",
     "atomic_torch_save",
+    "atomic_write_bytes",
     "atomic_write_text",
     "checkpoint_options",
 ]
@@ -74,6 +75,11 @@ def atomic_torch_save(obj, path: str) -> None:
 def atomic_write_text(text: str, path: str) -> None:
     """Write ``text`` to ``path`` through a temporary file + rename."""
     _atomic_write(path, lambda f: f.write(text), "w")
+
+
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    """Write ``data`` (e.g. an encoded PNG) to ``path`` through a temporary file + rename."""
+    _atomic_write(path, lambda f: f.write(data), "wb")
 
 
 @dataclass
