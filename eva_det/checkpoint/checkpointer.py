@@ -103,22 +103,18 @@ class LoadReport:
         return not (self.incorrect_shapes or self.missing_keys or self.unexpected_keys)
 
     def summary(self) -> str:
-        """One line: counts, the other-shape tensors and the modules of missing / unused ones."""
+        """One line: counts, the other-shape tensors, the modules of absent / unused ones."""
         parts = [f"loaded {self.num_loaded} tensors"]
         if self.incorrect_shapes:
-            shown = self.incorrect_shapes[:5]
-            shapes = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in shown)
-            more = (
-                f", ... {len(self.incorrect_shapes) - 5} more"
-                if len(shown) < len(self.incorrect_shapes)
-                else ""
-            )
-            parts.append(f"skipped {len(self.incorrect_shapes)} with other shapes ({shapes}{more})")
-        shape_keys = {k for k, _, _ in self.incorrect_shapes}
-        missing = [k for k in self.missing_keys if k not in shape_keys]
-        if missing:
+            shapes = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.incorrect_shapes)
+            parts.append(f"skipped {len(self.incorrect_shapes)} with other shapes ({shapes})")
+        if self.missing_keys:
+            # detectron2 counts the other-shape tensors as missing too; name the really absent
+            shape_keys = {k for k, _, _ in self.incorrect_shapes}
+            absent = [k for k in self.missing_keys if k not in shape_keys]
             parts.append(
-                f"{len(missing)} model tensors not in the checkpoint ({module_groups(missing)})"
+                f"{len(self.missing_keys)} model tensors not in the checkpoint"
+                + (f" (absent from the file: {module_groups(absent)})" if absent else "")
             )
         if self.unexpected_keys:
             parts.append(
