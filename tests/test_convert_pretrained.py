@@ -543,7 +543,7 @@ def test_cli_end_to_end(tmp_path, caplog):
     assert set(saved["model"]) == set(expected) == expected_eva01_keys()
     assert all(torch.equal(saved["model"][k], expected[k]) for k in expected)
     text = caplog.text
-    assert "weights_only=False" in text  # the pickled argparse.Namespace forced the fallback
+    assert "weights_only=False" not in text  # argparse.Namespace is allowed by name
     assert f"{len(expected)} keys converted, 7 source keys dropped" in text
     assert "dropped lm_head.weight (1 key)" in text
     assert "dropped rel_pos_bias.relative_position_bias_table" in text

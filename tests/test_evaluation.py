@@ -557,3 +557,121 @@ def test_limit_dets_per_image_is_stable_and_per_image():
     assert [r["k"] for r in kept] == [2, 0, 3, 5]
     assert [r["k"] for r in limit_dets_per_image(results, 3)] == [0, 2, 4, 1, 3, 5]
     assert limit_dets_per_image(results, -1) == [results[i] for i in (0, 2, 4, 1, 3, 5)]
+
+
+# ------------------------------------------------------------------------------------------------
+# LVIS and COCO on the inputs where faster-coco-eval alone differs from LVIS-api
+
+
+def _empty_rle(height, width):
+    rle = mask_util.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _f32(x):
+    return float(np.float32(x))
+
+
+@pytest.fixture(scope="module")
+def lvis_edge_data(lvis_data):
+    """``lvis_data`` plus zero-area detections / annotations and images without ground truth."""
+    gt, dets = copy.deepcopy(lvis_data)
+    rng = np.random.default_rng(5)
+    images = {img["id"]: img for img in gt["images"]}
+    edge = []
+    # empty masks on tiny boxes, top scores (what a mask head gives): zero area for segm only
+    for ann in gt["annotations"][::3]:
+        img = images[ann["image_id"]]
+        x, y = (float(int(v)) for v in ann["bbox"][:2])
+        edge.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": [x, y, 2.0, 2.0],
+                "score": _f32(rng.uniform(0.9, 1.0)),
+                "segmentation": _empty_rle(img["height"], img["width"]),
+            }
+        )
+    # zero-width boxes with a real mask: zero area for bbox only
+    for d in dets[::4]:
+        edge.append(dict(d, bbox=[d["bbox"][0], d["bbox"][1], 0.0, d["bbox"][3]], score=0.96875))
+    # images without ground truth: detections in unknown and in negative categories
+    template = gt["images"][0]
+    donor = [d for d in dets if d["image_id"] == template["id"]]
+    for k in range(3):
+        new_id = max(images) + 1 + k
+        neg = [1 + k] if k else []
+        gt["images"].append(dict(template, id=new_id, neg_category_ids=neg))
+        for j, d in enumerate(donor[:6]):
+            cat = neg[0] if (neg and j % 2) else int(rng.integers(1, 10))
+            edge.append(dict(d, image_id=new_id, category_id=cat))
+    # a ground-truth annotation of zero area (LVIS-api ignores it) with a detection on it
+    ann = gt["annotations"][0]
+    x, y = ann["bbox"][:2]
+    zero_gt = dict(ann, id=max(a["id"] for a in gt["annotations"]) + 1, area=0.0)
+    zero_gt["category_id"] = next(
+        c
+        for c in range(1, 10)
+        if c not in images[ann["image_id"]]["neg_category_ids"]
+        and all(
+            a["category_id"] != c for a in gt["annotations"] if a["image_id"] == ann["image_id"]
+        )
+    )
+    zero_gt.update(bbox=[x, y, 0.0, 4.0], segmentation=[[x, y, x, y + 4.0, x, y + 4.0]])
+    gt["annotations"].append(zero_gt)
+    edge.append(dict(dets[0], image_id=ann["image_id"], category_id=zero_gt["category_id"]))
+
+    dets = dets + edge
+    dets.sort(key=lambda d: d["image_id"])  # grouped by image, as the evaluator writes them
+    return gt, dets
+
+
+def _faster_coco_eval_alone(gt_file, dets, iou_type):
+    """faster-coco-eval's lvis_style AP without eva_det's input selection (percent)."""
+    from faster_coco_eval import COCO as FCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    results = copy.deepcopy(dets)
+    if iou_type == "segm":
+        for r in results:
+            r.pop("bbox")
+    lvis_gt = FCOCO(str(gt_file))
+    lvis_eval = COCOeval_faster(lvis_gt, lvis_gt.loadRes(results), iou_type, lvis_style=True)
+    lvis_eval.params.maxDets = [300]
+    lvis_eval.run()
+    return lvis_eval.stats_as_dict["AP_all"] * 100
+
+
+def test_lvis_matches_lvis_api_on_edge_inputs(lvis_edge_data, tmp_path, monkeypatch):
+    gt, dets = lvis_edge_data
+    gt_file = tmp_path / "lvis.json"
+    with_gt = {a["image_id"] for a in gt["annotations"]}
+    assert any(d["image_id"] not in with_gt for d in dets)  # images without ground truth
+    class_of = {c["id"]: c["id"] - 1 for c in gt["categories"]}
+    with registered_dataset("eva_det_test_lvis_edge", gt, gt_file, coco_ids=False):
+        evaluator = LVISEvaluator("eva_det_test_lvis_edge", distributed=False)
+        results = run_evaluator(evaluator, *model_io(gt, dets, class_of))
+    for iou_type in ("bbox", "segm"):
+        ref = lvis_api_reference(gt_file, dets, iou_type, 300, monkeypatch)
+        assert 5.0 < ref["AP"] < 95.0
+        assert_metrics_equal(results[iou_type], ref)
+    # the inputs matter: faster-coco-eval alone counts the zero-area detections (bbox; its segm
+    # path crashes on the images without ground truth)
+    assert abs(_faster_coco_eval_alone(gt_file, dets, "bbox") - results["bbox"]["AP"]) > 0.5
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_coco_matches_pycocotools_on_edge_inputs(lvis_edge_data, tmp_path, backend):
+    """COCO keeps zero-area detections and annotations, as pycocotools."""
+    gt, dets = copy.deepcopy(lvis_edge_data)
+    for ann in gt["annotations"]:
+        ann["iscrowd"] = 0
+    gt_file = tmp_path / "coco.json"
+    class_of = {c["id"]: c["id"] - 1 for c in gt["categories"]}
+    with registered_dataset("eva_det_test_coco_edge", gt, gt_file, coco_ids=True):
+        evaluator = COCOEvaluator("eva_det_test_coco_edge", distributed=False, backend=backend)
+        results = run_evaluator(evaluator, *model_io(gt, dets, class_of))
+    for iou_type in ("bbox", "segm"):
+        ref = pycocotools_reference(gt_file, dets, iou_type)
+        assert_metrics_equal(results[iou_type], ref)

@@ -7,6 +7,8 @@ Example (EVA-02 L MIM weights, already patch 16)::
         --output eva02_L_pt_m38m_det.pth
 
 The output holds ``{"model": {"backbone.net....": tensor}}``; pass it as ``train.init_checkpoint``.
+The input is read with ``weights_only=True`` (plus the argparse / numpy types official EVA files
+pickle); ``--unsafe-load-executes-code`` reads other trusted files, running their pickled code.
 All the work is done by :func:`eva_det.checkpoint.convert_file`.
 """
 
@@ -42,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--keep-gamma", action="store_true", help="keep LayerScale gamma_1/gamma_2 tensors"
+    )
+    parser.add_argument(
+        "--unsafe-load-executes-code",
+        action="store_true",
+        help="load an input that pickles objects other than tensors (and the argparse / numpy "
+        "types official EVA files use) with torch.load(weights_only=False): this EXECUTES the "
+        "code pickled in the file; only for files from a trusted source",
     )
     return parser.parse_args(argv)
 
@@ -80,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             pretrain_img_size=args.pretrain_img_size,
             keep_gamma=args.keep_gamma,
             prefix=args.prefix,
+            unsafe_load_executes_code=args.unsafe_load_executes_code,
         )
     except InputError:
         raise

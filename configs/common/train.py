@@ -21,3 +21,10 @@ train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=1.0, norm_typ
 # predictions.png (the first num_images test images, detections >= score_thresh with class
 # names, columns per row, drawn at scale x image size) and losses.png (losses, final AP)
 train.pictures = dict(enabled=True, num_images=8, columns=4, score_thresh=0.5, scale=1.0)
+# checkpoint loading (eva_det.checkpoint.fit / safe_load): a checkpoint that does not fit the
+# model (evaluation: any tensor missing, unused or of another shape; training: the pretrained
+# backbone incomplete) is an error unless allow_checkpoint_mismatch=True; files that pickle
+# objects other than tensors (and the types official EVA files use) are refused unless
+# unsafe_load_executes_code=True, which runs the file's pickled code (trusted files only)
+train.allow_checkpoint_mismatch = False
+train.unsafe_load_executes_code = False

@@ -3,7 +3,7 @@
 from .convert import FORMATS, convert_file, convert_pretrained, detect_format, unwrap_state_dict
 from .convert_common import ConversionResult
 from .convert_eva01 import convert_eva01
-from .convert_eva02 import convert_eva02, convert_timm_eva02, eva02_to_timm
+from .convert_eva02 import convert_eva02, convert_timm_eva02, eva02_model_settings, eva02_to_timm
 
 __all__ = [
     "FORMATS",
@@ -14,6 +14,7 @@ __all__ = [
     "convert_pretrained",
     "convert_timm_eva02",
     "detect_format",
+    "eva02_model_settings",
     "eva02_to_timm",
     "unwrap_state_dict",
 ]

@@ -9,9 +9,14 @@ skipped, by name: tensors whose shapes differ (e.g. 366 vs 81 class rows when fi
 checkpoint tensors the model does not use. A one-line summary is logged next to detectron2's
 detailed messages, so partial loads are never silent.
 
-Bad files give one clear :class:`eva_det.errors.InputError` naming the file: a file that is not
-a readable ``torch.save`` file (truncated, another format) or that holds something other than a
-state dict (a list, a tensor, a pickled module). ``resume_or_load(..., resume=True)`` checks the
+Files are read with ``weights_only=True`` (:mod:`.safe_load`: tensors, containers and the few
+types official EVA files pickle, allowed by name). Bad files give one clear
+:class:`eva_det.errors.InputError` naming the file: a file that is not a readable ``torch.save``
+file (truncated, text), that pickles other objects (a model class), or that holds something
+other than a state dict (a list, a tensor). :meth:`EVACheckpointer.load_for_eval` and
+:meth:`EVACheckpointer.resume_or_load` then check the fit (:mod:`.fit`): evaluation and
+``--resume`` need every tensor, training from ``train.init_checkpoint`` the whole backbone.
+``resume_or_load(..., resume=True)`` checks the
 file ``last_checkpoint`` names and, if it is missing or unreadable, resumes from the newest
 readable ``model_*.pth`` instead, with a warning naming both. ``save`` refuses to write model
 weights that are NaN / inf (so a diverged run never overwrites a good checkpoint).
@@ -20,7 +25,6 @@ weights that are NaN / inf (so a diverged run never overwrites a good checkpoint
 import glob
 import logging
 import os
-import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -32,12 +36,16 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from eva_det.errors import InputError
 
+from .fit import check_fit, module_groups
+from .safe_load import UNSAFE_OPT_IN, load_checkpoint_file
+
 __all__ = [
     "EVACheckpointer",
     "LoadReport",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "checkpoint_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,21 +103,71 @@ class LoadReport:
         return not (self.incorrect_shapes or self.missing_keys or self.unexpected_keys)
 
     def summary(self) -> str:
+        """One line: counts, the other-shape tensors, the modules of absent / unused ones."""
         parts = [f"loaded {self.num_loaded} tensors"]
         if self.incorrect_shapes:
             shapes = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.incorrect_shapes)
             parts.append(f"skipped {len(self.incorrect_shapes)} with other shapes ({shapes})")
         if self.missing_keys:
-            parts.append(f"{len(self.missing_keys)} model tensors not in the checkpoint")
+            # detectron2 counts the other-shape tensors as missing too; name the really absent
+            shape_keys = {k for k, _, _ in self.incorrect_shapes}
+            absent = [k for k in self.missing_keys if k not in shape_keys]
+            parts.append(
+                f"{len(self.missing_keys)} model tensors not in the checkpoint"
+                + (f" (absent from the file: {module_groups(absent)})" if absent else "")
+            )
         if self.unexpected_keys:
-            parts.append(f"{len(self.unexpected_keys)} checkpoint tensors unused")
+            parts.append(
+                f"{len(self.unexpected_keys)} checkpoint tensors unused "
+                f"({module_groups(self.unexpected_keys)})"
+            )
         return "; ".join(parts)
 
 
 class EVACheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with atomic ``save`` and a :class:`LoadReport` per load."""
+    """``DetectionCheckpointer`` with atomic ``save``, safe loading and a :class:`LoadReport`.
+
+    ``load`` only reports; :meth:`load_for_eval` and :meth:`resume_or_load` also enforce the fit
+    rules of :mod:`.fit` (evaluation: everything; training: the whole pretrained backbone).
+    """
 
     last_load_report = None
+
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        allow_mismatch: bool = False,
+        unsafe_load_executes_code: bool = False,
+        **checkpointables,
+    ):
+        """
+        Args:
+            model (nn.Module): the model to save / load.
+            save_dir (str): folder of the training checkpoints and ``last_checkpoint``.
+            allow_mismatch (bool): ``train.allow_checkpoint_mismatch``: turn the fit errors of
+                :mod:`.fit` into warnings (evaluate / train a partly initialised model).
+            unsafe_load_executes_code (bool): ``train.unsafe_load_executes_code``: load files
+                that pickle other objects than tensors with ``weights_only=False``, running their
+                code (see :mod:`.safe_load`).
+            checkpointables: other objects with ``state_dict`` / ``load_state_dict``.
+        """
+        super().__init__(model, save_dir, **checkpointables)
+        self.allow_mismatch = allow_mismatch
+        self.unsafe_load_executes_code = unsafe_load_executes_code
+
+    def load_for_eval(self, path: str, checkpointables=None) -> dict:
+        """``load`` for evaluation: refuses a checkpoint that does not fit the model exactly.
+
+        Raises:
+            InputError: missing / unexpected tensors or other shapes (see :func:`.fit.check_fit`)
+                unless ``allow_mismatch``.
+        """
+        extra = self.load(path, checkpointables)
+        if path:
+            check_fit(self.last_load_report, path, "eval", allow_mismatch=self.allow_mismatch)
+        return extra
 
     def _load_model(self, checkpoint):
         num_in_checkpoint = len(checkpoint.get("model", {}))
@@ -150,30 +208,34 @@ class EVACheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
+    def _load_file(self, filename: str):
+        """detectron2's ``_load_file``; its ``.pkl`` branch (plain ``pickle.load``, which runs the
+        file's code) only with ``unsafe_load_executes_code``."""
+        if filename.endswith(".pkl") and not self.unsafe_load_executes_code:
+            raise InputError(
+                f"Checkpoint {filename}: detectron2 reads .pkl files (Caffe2 / Detectron model "
+                "zoo) with pickle.load, which executes code from the file. eva_det's checkpoints "
+                f"are .pth files; if you trust this one, add {UNSAFE_OPT_IN}."
+            )
+        return super()._load_file(filename)
+
     def _torch_load(self, f: str):
-        """``torch.load`` of ``f`` (detectron2's hook), with clear errors for bad files."""
-        try:
-            loaded = super()._torch_load(f)
-        except pickle.UnpicklingError as e:
-            raise InputError(
-                f"Checkpoint {f} pickles Python objects other than tensors ({_first_line(e)}), "
-                "e.g. a whole model: save model.state_dict() instead (official EVA files are "
-                "converted with tools/convert_pretrained.py)."
-            ) from None
-        except (RuntimeError, EOFError, ValueError) as e:
-            raise InputError(
-                f"Cannot read checkpoint {f}: {_first_line(e)}. The file is truncated or not a "
-                "torch.save file: copy / download it again (an interrupted training run leaves "
-                "its previous checkpoints intact; resume from one of them)."
-            ) from None
+        """Load ``f`` safely (:func:`.safe_load.load_checkpoint_file`); check it is a state dict."""
+        loaded = load_checkpoint_file(f, unsafe_load_executes_code=self.unsafe_load_executes_code)
         check_state_dict_file(loaded, f)
         return loaded
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         """detectron2's ``resume_or_load``, resuming from the newest *readable* checkpoint."""
         if resume and self.has_checkpoint():
-            return self.load(self.newest_complete_checkpoint())
-        return self.load(path, checkpointables=[])
+            newest = self.newest_complete_checkpoint()
+            extra = self.load(newest)
+            check_fit(self.last_load_report, newest, "resume", allow_mismatch=self.allow_mismatch)
+            return extra
+        extra = self.load(path, checkpointables=[])
+        if path:
+            check_fit(self.last_load_report, path, "train", allow_mismatch=self.allow_mismatch)
+        return extra
 
     def newest_complete_checkpoint(self) -> str:
         """The file ``last_checkpoint`` names if readable, else the newest readable ``model_*.pth``.
@@ -182,7 +244,7 @@ class EVACheckpointer(DetectionCheckpointer):
             InputError: if no checkpoint in ``save_dir`` can be read.
         """
         tagged = self.get_checkpoint_file()
-        problem = _unreadable(tagged)
+        problem = _unreadable(tagged, self.unsafe_load_executes_code)
         if problem is None:
             return tagged
         candidates = sorted(
@@ -191,7 +253,7 @@ class EVACheckpointer(DetectionCheckpointer):
             reverse=True,
         )
         for candidate in candidates:
-            if _unreadable(candidate) is None:
+            if _unreadable(candidate, self.unsafe_load_executes_code) is None:
                 logger.warning(
                     "The last checkpoint %s cannot be used (%s); resuming from %s, the newest "
                     "complete checkpoint, instead.",
@@ -207,19 +269,27 @@ class EVACheckpointer(DetectionCheckpointer):
         )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+def checkpoint_options(cfg) -> dict:
+    """:class:`EVACheckpointer` keyword arguments from ``cfg.train`` (False when absent):
+    ``allow_mismatch`` = ``train.allow_checkpoint_mismatch``, ``unsafe_load_executes_code`` =
+    ``train.unsafe_load_executes_code``."""
+    train = cfg.train
+    return {
+        "allow_mismatch": bool(train.get("allow_checkpoint_mismatch", False)),
+        "unsafe_load_executes_code": bool(train.get("unsafe_load_executes_code", False)),
+    }
 
 
-def _unreadable(path: str):
+def _unreadable(path: str, unsafe_load_executes_code: bool = False):
     """None if ``path`` is a readable training checkpoint (a dict with "model"), else why not."""
     if not path or not os.path.isfile(path):
         return "the file does not exist"
     try:  # mmap: tensors are mapped, not read, so this is cheap for zip-format files
-        loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as e:
-        return _first_line(e)
+        loaded = load_checkpoint_file(
+            path, unsafe_load_executes_code=unsafe_load_executes_code, mmap=True
+        )
+    except InputError as e:
+        return str(e).split(". ")[0]
     if not isinstance(loaded, Mapping) or "model" not in loaded:
         return "it holds no 'model' state dict"
     return None

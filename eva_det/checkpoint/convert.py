@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import secrets
 from collections import Counter
 from collections.abc import Mapping
@@ -25,7 +24,8 @@ import torch
 
 from .convert_common import ConversionResult, group_blocks, key_pattern, split_backbone_prefix
 from .convert_eva01 import convert_eva01
-from .convert_eva02 import convert_eva02, convert_timm_eva02
+from .convert_eva02 import convert_eva02, convert_timm_eva02, eva02_model_settings
+from .safe_load import load_checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -168,23 +168,15 @@ def summarize_dropped(dropped: Mapping[str, str]) -> list[tuple[str, int, str]]:
     return [(pattern, counts[pattern], reasons[pattern]) for pattern in reasons]
 
 
-def load_checkpoint(path: str) -> Any:
-    """``torch.load`` a file on CPU, safely when possible.
+def load_checkpoint(path: str, *, unsafe_load_executes_code: bool = False) -> Any:
+    """Load a pretrained file on CPU with :func:`.safe_load.load_checkpoint_file`.
 
-    Tries ``weights_only=True`` first. Official EVA files also pickle training arguments
-    (``argparse.Namespace``...), which that mode refuses; those are then loaded with
-    ``weights_only=False``, which runs the file's pickle code, so only convert files you trust.
+    ``weights_only=True`` with the types official EVA files pickle next to their weights
+    (``argparse.Namespace`` training args, numpy scalars) allowed by name. Files that pickle
+    anything else are refused with an InputError unless ``unsafe_load_executes_code``, which
+    runs the file's pickled code (trusted files only).
     """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        logger.debug("weights_only=True load of %s failed: %s", path, err)
-        logger.warning(
-            "%s pickles more than tensors; loading it with weights_only=False, which executes "
-            "its pickled code: only do this for files from a trusted source.",
-            path,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
+    return load_checkpoint_file(path, unsafe_load_executes_code=unsafe_load_executes_code)
 
 
 def save_atomic(obj: Any, path: str) -> None:
@@ -215,8 +207,13 @@ def convert_file(
     pretrain_img_size: int = 224,
     keep_gamma: bool = False,
     prefix: str | None = None,
+    unsafe_load_executes_code: bool = False,
 ) -> ConversionResult:
     """Load ``input_path``, convert it (:func:`convert_pretrained`), write ``{"model": ...}``.
+
+    ``input_path`` is read safely (:func:`load_checkpoint`); ``unsafe_load_executes_code=True``
+    loads a trusted file that pickles other objects, running its code. The output holds only
+    tensors, so it loads safely everywhere afterwards.
 
     The output is written atomically (:func:`save_atomic`) and can be given to detectron2's
     ``train.init_checkpoint``. A summary is logged: keys converted and dropped, and each dropped
@@ -230,7 +227,8 @@ def convert_file(
             f"Output {output_path}: detectron2 reads .pkl/.pyth files as Caffe2/pycls models; "
             "use a .pth name."
         )
-    state_dict = unwrap_state_dict(load_checkpoint(input_path))
+    checkpoint = load_checkpoint(input_path, unsafe_load_executes_code=unsafe_load_executes_code)
+    state_dict = unwrap_state_dict(checkpoint)
     result = convert_pretrained(
         state_dict,
         format,
@@ -248,4 +246,15 @@ def convert_file(
     )
     for pattern, count, reason in summarize_dropped(result.dropped):
         logger.info("  dropped %s (%d key%s): %s", pattern, count, "s" * (count != 1), reason)
+    settings = eva02_model_settings(result.state_dict)
+    if settings is not None:
+        layout = "B/L, with" if settings["subln"] else "Ti/S, without"
+        logger.info(
+            "EVA-02 %s SwiGLU sub-LN (mlp.ffn_ln): train / evaluate %s with "
+            "model.backbone.net.subln=%s%s.",
+            layout,
+            output_path,
+            settings["subln"],
+            " (the default)" if settings["subln"] else "",
+        )
     return result

@@ -30,7 +30,13 @@ from .convert_common import TARGET_PREFIX, ConversionResult, run_conversion, spl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["convert_eva02", "convert_timm_eva02", "timm_eva02_to_eva02", "eva02_to_timm"]
+__all__ = [
+    "convert_eva02",
+    "convert_timm_eva02",
+    "eva02_model_settings",
+    "timm_eva02_to_eva02",
+    "eva02_to_timm",
+]
 
 # timm name -> official name, applied to the part after "blocks.i.". Anchored at the end so that
 # "mlp.fc1." (packed) never matches "mlp.fc1_g.".
@@ -113,9 +119,38 @@ def _convert_block(
         out["mlp.ffn_ln.weight"] = block.pop("mlp.ffn_ln.weight")
         out["mlp.ffn_ln.bias"] = take(block, "mlp.ffn_ln.bias", index)
     elif index == 0:
-        logger.info("No mlp.ffn_ln (EVA-02 Ti/S): build the detector's MLP without sub-LN.")
+        logger.info("Block 0 has no mlp.ffn_ln: EVA-02 Ti/S layout (no SwiGLU sub-LN).")
     for name in ("mlp.w3.weight", "mlp.w3.bias"):
         out[name] = take(block, name, index)
+
+
+_TARGET_MLP_OUT = re.compile(r"^" + re.escape(TARGET_PREFIX) + r"blocks\.(\d+)\.mlp\.w3\.weight$")
+
+
+def eva02_model_settings(state_dict: dict[str, torch.Tensor]) -> dict[str, bool] | None:
+    """The ``EVA02ViT`` arguments a converted EVA-02 backbone needs (None if it is no EVA-02).
+
+    Args:
+        state_dict (dict[str, Tensor]): converted tensors (``backbone.net.*``).
+
+    Returns:
+        dict or None: ``{"subln": bool}``: whether the SwiGLU sub-LN ``mlp.ffn_ln`` is present
+        (B/L: ``model.backbone.net.subln=True``, the default; Ti/S: ``subln=False``).
+
+    Raises:
+        ValueError: some blocks have the sub-LN and others not.
+    """
+    blocks = [m.group(1) for m in map(_TARGET_MLP_OUT.match, state_dict) if m]
+    if not blocks:
+        return None
+    with_ln = [b for b in blocks if f"{TARGET_PREFIX}blocks.{b}.mlp.ffn_ln.weight" in state_dict]
+    if len(with_ln) not in (0, len(blocks)):
+        raise ValueError(
+            f"{len(with_ln)} of {len(blocks)} EVA-02 blocks have mlp.ffn_ln (sub-LN) and the "
+            "others not: EVA-02 files have it in all blocks (B/L) or none (Ti/S). The file is "
+            "damaged or mixes two models."
+        )
+    return {"subln": bool(with_ln)}
 
 
 def convert_eva02(

@@ -33,7 +33,7 @@ from detectron2.engine import HookBase
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.checkpoint.checkpointer import EVACheckpointer, checkpoint_options
 
 __all__ = [
     "EMAState",
@@ -284,8 +284,13 @@ def load_checkpoint_for_eval(cfg, model: nn.Module) -> None:
     With ``train.model_ema.enabled`` and ``use_ema_weights_for_eval_only`` the checkpoint's
     ``"ema_state"`` replaces its ``"model"`` weights (as the official EVA-02 script does).
 
+    The checkpoint must fit the model exactly (:mod:`eva_det.checkpoint.fit`) unless
+    ``train.allow_checkpoint_mismatch``; it is read safely unless
+    ``train.unsafe_load_executes_code`` (:mod:`eva_det.checkpoint.safe_load`).
+
     Raises:
         KeyError: the EMA weights were asked for but the checkpoint has none.
+        InputError: the checkpoint does not fit the model, or cannot be read safely.
     """
     settings = ema_config(cfg)
     path = cfg.train.init_checkpoint
@@ -296,11 +301,12 @@ def load_checkpoint_for_eval(cfg, model: nn.Module) -> None:
             "train.model_ema.enabled=False (as in the official code): evaluating the raw weights. "
             "Add train.model_ema.enabled=True to evaluate the EMA weights."
         )
+    options = checkpoint_options(cfg)
     if not use_ema:
-        EVACheckpointer(model).load(path)
+        EVACheckpointer(model, **options).load_for_eval(path)
         return
     ema = EMAState()
-    EVACheckpointer(model, **{EMA_KEY: ema}).load(path)
+    EVACheckpointer(model, **options, **{EMA_KEY: ema}).load_for_eval(path)
     if not ema.has_state():
         what = "is empty: no checkpoint" if not path else f"has no '{EMA_KEY}'"
         raise KeyError(

@@ -16,7 +16,7 @@ from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
-from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.checkpoint.checkpointer import EVACheckpointer, checkpoint_options
 from eva_det.data.resumable_loader import build_resumable_train_loader
 from eva_det.evaluation.inference import inference_on_dataset  # progress bar, batched paste
 from eva_det.modeling.tta import build_tta_model
@@ -114,7 +114,11 @@ def do_train(cfg, resume: bool = False, resume_hint: Optional[str] = None) -> No
     # NaN / inf loss guard before backward; train.clip_grad
     trainer = build_trainer(cfg, model, train_loader, optim, use_amp)
     checkpointer = EVACheckpointer(
-        model, cfg.train.output_dir, trainer=trainer, data_loader=train_loader
+        model,
+        cfg.train.output_dir,
+        **checkpoint_options(cfg),
+        trainer=trainer,
+        data_loader=train_loader,
     )
     if ema_state is not None:  # saved with every checkpoint, restored by --resume
         checkpointer.add_checkpointable(EMA_KEY, ema_state)

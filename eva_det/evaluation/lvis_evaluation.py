@@ -15,7 +15,10 @@ replaces both uses:
 
 What LVIS-api does in ``LVISResults`` and faster-coco-eval does not, :func:`limit_dets_per_image`
 does here: keep the ``max_dets_per_image`` (default 300) best-scored detections of every image,
-over all categories. With that, the numbers equal LVIS-api's (see ``tests/test_evaluation.py``).
+over all categories; and :mod:`.lvis_inputs` makes LVIS-api's input selection (zero-area
+detections and annotations ignored, detections of unknown categories dropped before
+faster-coco-eval sees them). With that, the numbers equal LVIS-api's on every input, including
+images without ground truth (see ``tests/test_evaluation.py``).
 Metrics that cannot be computed (e.g. APr when no rare category has ground truth) are NaN, as in
 detectron2's COCO evaluator, where detectron2's LVIS evaluator would report -100.
 """
@@ -41,6 +44,7 @@ from .coco_evaluation import (
     write_json_atomic,
 )
 from .coco_json import prediction_from_output
+from .lvis_inputs import drop_unknown_categories, ground_truth_in_use, positive_area
 
 __all__ = ["LVISEvaluator", "evaluate_predictions_on_lvis", "limit_dets_per_image"]
 
@@ -142,6 +146,11 @@ def evaluate_predictions_on_lvis(
 
     logger.info(f"Evaluating {iou_type} with max detections per image = {max_dets_per_image}")
     lvis_gt = coco_api_for_backend(lvis_gt, "faster_coco_eval")
+    # LVIS-api's input selection (zero-area annotations, federated rule): see lvis_inputs.
+    dataset = ground_truth_in_use(lvis_gt.dataset)
+    if dataset is not lvis_gt.dataset:
+        lvis_gt = coco_api_for_backend(dataset, "faster_coco_eval")
+    results = drop_unknown_categories(dataset, positive_area(results, iou_type))
     lvis_dt = lvis_gt.loadRes(results)
     lvis_eval = COCOeval_faster(lvis_gt, lvis_dt, iou_type, lvis_style=True)
     lvis_eval.params.maxDets = [max_dets_per_image]

@@ -195,7 +195,10 @@ def get(
 
     Raises:
         InputError: an unknown name, a bad override, a missing checkpoint file or a failed
-            download (the message says how to pass a local file).
+            download (the message says how to pass a local file); the checkpoint does not fit
+            the model (``overrides`` with
+            ``train.allow_checkpoint_mismatch=True`` loads it anyway) or pickles objects that
+            are not loaded safely (see :mod:`eva_det.checkpoint.safe_load`).
     """
     cfg = get_config(name, trained=False, task=task, overrides=overrides)
     local = None

@@ -28,6 +28,8 @@ from detectron2.modeling.backbone.vit import ResBottleneckBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from eva_det.errors import InputError
+
 from .rope import VisionRotaryEmbedding2D, rope_cos_sin
 
 __all__ = ["EVA02ViT", "Attention", "SwiGLU", "Block", "DropPath", "attention", "ATTN_IMPLS"]
@@ -42,6 +44,9 @@ ATTN_IMPLS = ("sdpa", "plain", "xformers")
 _OFFICIAL_ROPE_KEY = re.compile(
     r"^(rope_win|rope_glb|rope|blocks\.\d+\.attn\.rope)\.freqs_(cos|sin)$"
 )
+# The SwiGLU output projection of a block (relative to the ViT's prefix); its ``ffn_ln``
+# sibling tells the sub-LN layout apart.
+_MLP_OUT_KEY = re.compile(r"^blocks\.\d+\.mlp\.w3\.weight$")
 
 
 def attention(
@@ -106,7 +111,8 @@ class DropPath(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """SwiGLU MLP with a LayerNorm on the hidden features: w3(ffn_ln(act(w1 x) * w2 x))."""
+    """SwiGLU MLP, with a LayerNorm on the hidden features when ``subln``:
+    w3(ffn_ln(act(w1 x) * w2 x)); without sub-LN (EVA-02 Ti/S) w3(act(w1 x) * w2 x)."""
 
     def __init__(
         self,
@@ -114,6 +120,7 @@ class SwiGLU(nn.Module):
         hidden_features: int,
         act_layer: Callable[[], nn.Module] = nn.SiLU,
         norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        subln: bool = True,
     ):
         """
         Args:
@@ -121,12 +128,13 @@ class SwiGLU(nn.Module):
             hidden_features (int): hidden channels.
             act_layer (callable): gate activation (SiLU in EVA-02).
             norm_layer (callable): sub-LN applied to the gated hidden features.
+            subln (bool): have the sub-LN ``ffn_ln`` (EVA-02 B/L); False: none (Ti/S).
         """
         super().__init__()
         self.w1 = nn.Linear(in_features, hidden_features)
         self.w2 = nn.Linear(in_features, hidden_features)
         self.act = act_layer()
-        self.ffn_ln = norm_layer(hidden_features)
+        self.ffn_ln = norm_layer(hidden_features) if subln else nn.Identity()
         self.w3 = nn.Linear(hidden_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +217,7 @@ class Block(nn.Module):
         use_residual_block: bool = False,
         rope: Optional[VisionRotaryEmbedding2D] = None,
         attn_impl: str = "sdpa",
+        subln: bool = True,
     ):
         """
         Args:
@@ -223,13 +232,16 @@ class Block(nn.Module):
             use_residual_block (bool): append a conv bottleneck block (ViTDet) after the MLP.
             rope (VisionRotaryEmbedding2D or None): rotary embedding of the attention.
             attn_impl (str): attention implementation, see :func:`attention`.
+            subln (bool): SwiGLU sub-LN (see :class:`SwiGLU`).
         """
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rope=rope, attn_impl=attn_impl)
         self.drop_path = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
-        self.mlp = SwiGLU(dim, int(dim * mlp_ratio), act_layer=act_layer, norm_layer=norm_layer)
+        self.mlp = SwiGLU(
+            dim, int(dim * mlp_ratio), act_layer=act_layer, norm_layer=norm_layer, subln=subln
+        )
         self.window_size = window_size
         self.use_residual_block = use_residual_block
         if use_residual_block:
@@ -294,6 +306,7 @@ class EVA02ViT(Backbone):
         out_feature: str = "last_feat",
         xattn: bool = True,
         attn_impl: Optional[str] = None,
+        subln: bool = True,
     ):
         """
         Args:
@@ -331,6 +344,10 @@ class EVA02ViT(Backbone):
             xattn (bool): official switch for the xformers kernel. Without ``attn_impl`` it selects
                 "sdpa" (True) or "plain" (False); the numbers are the same.
             attn_impl (str or None): "sdpa", "plain" or "xformers"; overrides ``xattn``.
+            subln (bool): SwiGLU sub-LayerNorm ``mlp.ffn_ln`` in every block, as EVA-02 B/L
+                (default). EVA-02 Ti/S (timm ``eva02_tiny`` / ``eva02_small``) have none: set
+                False for their converted weights (``tools/convert_pretrained.py`` says which).
+                A state dict of the other layout is refused when loaded.
         """
         super().__init__()
         if use_rel_pos:
@@ -346,6 +363,7 @@ class EVA02ViT(Backbone):
         head_dim = embed_dim // num_heads
         self.pretrain_use_cls_token = pretrain_use_cls_token
         self.use_act_checkpoint = use_act_checkpoint
+        self.subln = subln
         self._rope_check_args = (pt_hw_seq_len, intp_freq, head_dim)
 
         self.patch_embed = PatchEmbed(
@@ -383,6 +401,7 @@ class EVA02ViT(Backbone):
                 use_residual_block=i in residual_block_indexes,
                 rope=self.rope,
                 attn_impl=attn_impl,
+                subln=subln,
             )
             for i in range(depth)
         )
@@ -427,7 +446,34 @@ class EVA02ViT(Backbone):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._drop_official_rope_buffers(state_dict, prefix)
+        self._check_subln_layout(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_subln_layout(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
+        """Raise InputError if ``state_dict``'s MLPs have (or lack) the sub-LN this model lacks
+        (or has): loading would leave ``ffn_ln`` at its init or drop trained tensors, i.e.
+        compute another function. Checked on the blocks the state dict has MLPs for.
+        """
+        blocks = [
+            k for k in state_dict if k.startswith(prefix) and _MLP_OUT_KEY.match(k[len(prefix) :])
+        ]
+        if not blocks:
+            return
+        with_ln = [k for k in blocks if k.replace(".w3.weight", ".ffn_ln.weight") in state_dict]
+        if len(with_ln) not in (0, len(blocks)):
+            raise InputError(
+                f"State dict under '{prefix}': {len(with_ln)} of {len(blocks)} blocks have a "
+                "SwiGLU sub-LN (mlp.ffn_ln) and the others not; EVA-02 files have it in all "
+                "blocks (B/L) or none (Ti/S). The file is damaged or mixes two models."
+            )
+        has_ln = bool(with_ln)
+        if has_ln != self.subln:
+            layout = "B/L layout, with" if has_ln else "Ti/S layout, without"
+            raise InputError(
+                f"State dict under '{prefix}' has the EVA-02 {layout} the SwiGLU sub-LN "
+                f"(mlp.ffn_ln), but the model was built with subln={self.subln}: set "
+                f"model.backbone.net.subln={has_ln} (EVA02ViT(subln={has_ln})) to load it."
+            )
 
     def _drop_official_rope_buffers(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
         """
