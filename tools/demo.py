@@ -60,17 +60,17 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
     """Run the demo; returns the files written."""
-    from detectron2.config import LazyConfig
     from detectron2.utils.logger import setup_logger
 
     from eva_det.demo import LazyPredictor, run_demo
     from eva_det.demo.predictor import set_score_threshold
+    from eva_det.engine.checks import load_config
 
     args, overrides = parse_args(argv)
     setup_logger(name="eva_det", abbrev_name="eva_det", enable_propagation=True)
     setup_logger(name="fvcore")
     logger = logging.getLogger("eva_det.demo")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), overrides)
+    cfg = load_config(args.config_file, overrides)
     set_score_threshold(cfg, args.confidence_threshold)
     predictor = LazyPredictor(cfg)
     written = run_demo(predictor, args.input, args.output, args.confidence_threshold)

@@ -24,9 +24,9 @@ import argparse
 import logging
 import sys
 
-from detectron2.config import LazyConfig
 from detectron2.utils.logger import setup_logger
 
+from eva_det.engine.checks import load_config
 from eva_det.evaluation.submission import DEFAULT_SHARD_SIZE, run_submission
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(name="eva_det", abbrev_name="eva_det", enable_propagation=True)
     import eva_det.data  # noqa: F401  (registers eva_det's datasets)
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_config(args.config_file, args.opts)
     report = run_submission(
         cfg,
         args.dataset,

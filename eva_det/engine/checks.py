@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
+from eva_det.config.paths import resolve_config_file
 from eva_det.data.robust_mapper import segmentation_problem
 from eva_det.errors import InputError
 
@@ -62,10 +63,17 @@ def load_config(config_file: str, overrides: Sequence[str] = ()):
     """``LazyConfig.load(config_file)`` plus :func:`apply_overrides`, with clear errors.
 
     Args:
-        config_file (str): path of a LazyConfig python file.
+        config_file (str): path of a LazyConfig python file; a repository path such as
+            ``projects/ViTDet/configs/COCO/x.py`` that is not under the working directory is
+            taken from eva_det's config tree (:func:`eva_det.config.paths.resolve_config_file`).
         overrides (Sequence[str]): ``key=value`` strings (hydra syntax; ``+key=value`` adds a new
             key on purpose).
     """
+    if not os.path.isfile(config_file):
+        try:  # a repository path (projects/ViTDet/configs/...) from another working directory
+            config_file = resolve_config_file(config_file)
+        except FileNotFoundError:
+            pass
     if not os.path.isfile(config_file):
         folder = os.path.dirname(config_file) or "."
         names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []

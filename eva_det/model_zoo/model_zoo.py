@@ -18,7 +18,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.file_io import PathManager
 
-from eva_det.config.paths import repo_root
+from eva_det.config.paths import config_file
 from eva_det.engine.ema import load_checkpoint_for_eval
 
 from .table import CHECKPOINTS, Checkpoint, Evaluation, checkpoints_by_name
@@ -152,13 +152,7 @@ def get_config(
         omegaconf.DictConfig: the loaded config.
     """
     entry = get_checkpoint(name)
-    path = repo_root() / entry.config
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Config {entry.config} of checkpoint {name} is missing from {repo_root()}; "
-            "eva_det's configs ship with the source checkout (bash tools/install.sh)."
-        )
-    cfg = LazyConfig.load(os.fspath(path))
+    cfg = LazyConfig.load(os.fspath(config_file(entry.config)))
     opts = get_eval_overrides(name, task)
     if trained:
         opts.append(f"train.init_checkpoint={checkpoint or entry.url}")
