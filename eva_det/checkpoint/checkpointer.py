@@ -9,6 +9,11 @@ skipped, by name: tensors whose shapes differ (e.g. 366 vs 81 class rows when fi
 checkpoint tensors the model does not use. A one-line summary is logged next to detectron2's
 detailed messages, so partial loads are never silent.
 
+Checkpoint values may name weights on the Hugging Face hub (``hf://ORG/NAME/PATH``, timm names,
+model-zoo names; :mod:`eva_det.checkpoint.hub`): :meth:`EVACheckpointer.load` downloads them into
+the hub cache first, reads ``.safetensors`` files, and converts a pretrained backbone named that
+way to the detector's layout (:func:`eva_det.checkpoint.convert.convert_for_model`).
+
 Bad files give one clear :class:`eva_det.errors.InputError` naming the file: a file that is not
 a readable ``torch.save`` file (truncated, another format) or that holds something other than a
 state dict (a list, a tensor, a pickled module). ``resume_or_load(..., resume=True)`` checks the
@@ -31,6 +36,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from eva_det.errors import InputError
+
+from .convert import convert_for_model
+from .hub import resolve_weights
 
 __all__ = ["EVACheckpointer", "LoadReport", "atomic_torch_save", "atomic_write_text"]
 
@@ -96,9 +104,21 @@ class LoadReport:
 
 
 class EVACheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with atomic ``save`` and a :class:`LoadReport` per load."""
+    """``DetectionCheckpointer`` with atomic ``save``, a :class:`LoadReport` per load and
+    hub-named weights."""
 
     last_load_report = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._hub_files = set()  # local files of hub-named weights (converted when pretrained)
+
+    def load(self, path: str, *args, **kwargs):
+        """detectron2's ``load``; ``path`` may also be a hub name (see the module docstring)."""
+        weights = resolve_weights(path)
+        if weights.hub is not None:
+            self._hub_files.add(weights.path)
+        return super().load(weights.path, *args, **kwargs)
 
     def _load_model(self, checkpoint):
         num_in_checkpoint = len(checkpoint.get("model", {}))
@@ -140,9 +160,13 @@ class EVACheckpointer(DetectionCheckpointer):
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
     def _torch_load(self, f: str):
-        """``torch.load`` of ``f`` (detectron2's hook), with clear errors for bad files."""
+        """``torch.load`` of ``f`` (detectron2's hook), with clear errors for bad files.
+
+        ``.safetensors`` files are read with ``safetensors``; hub-named files holding a
+        pretrained backbone are converted for ``self.model``.
+        """
         try:
-            loaded = super()._torch_load(f)
+            loaded = _load_safetensors(f) if f.endswith(".safetensors") else super()._torch_load(f)
         except pickle.UnpicklingError as e:
             raise InputError(
                 f"Checkpoint {f} pickles Python objects other than tensors ({_first_line(e)}), "
@@ -155,6 +179,8 @@ class EVACheckpointer(DetectionCheckpointer):
                 "torch.save file: copy / download it again (an interrupted training run leaves "
                 "its previous checkpoints intact; resume from one of them)."
             ) from None
+        if f in self._hub_files and isinstance(loaded, Mapping):
+            loaded = convert_for_model(loaded, self.model, f)
         check_state_dict_file(loaded, f)
         return loaded
 
@@ -194,6 +220,17 @@ class EVACheckpointer(DetectionCheckpointer):
             f"readable model_*.pth is in {self.save_dir}. Start again without --resume "
             "(train.init_checkpoint) or restore a checkpoint into that folder."
         )
+
+
+def _load_safetensors(path: str) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise InputError(
+            f"Checkpoint {path} is a .safetensors file: install safetensors (pip install "
+            "safetensors; bash tools/install.sh does) to read it."
+        ) from None
+    return load_file(path, device="cpu")
 
 
 def _first_line(error: BaseException) -> str:
