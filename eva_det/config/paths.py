@@ -113,5 +113,5 @@ def resolve_config_file(path: str) -> str:
             raise FileNotFoundError(f"Config file {path} does not exist.")
         return path
     found = os.fspath(config_file(path))
-    logger.info("Config %s is not under %s; using eva_det's copy %s.", path, os.getcwd(), found)
+    logger.info("Config %s is not under %s: using eva_det's copy %s", path, os.getcwd(), found)
     return found

@@ -59,6 +59,21 @@ _LAYOUT_HINT = (
 # ----------------------------------------------------------------------------- config overrides
 
 
+def find_config_file(config_file: str) -> str:
+    """``config_file``, or the config tree's file of that repository path if it is not a file.
+
+    ``projects/ViTDet/configs/COCO/x.py`` then works from any working directory (an installed
+    package ships the tree, :func:`eva_det.config.paths.resolve_config_file`). A path found in
+    neither place is returned as it is.
+    """
+    if os.path.isfile(config_file):
+        return config_file
+    try:
+        return resolve_config_file(config_file)
+    except FileNotFoundError:
+        return config_file
+
+
 def load_config(config_file: str, overrides: Sequence[str] = ()):
     """``LazyConfig.load(config_file)`` plus :func:`apply_overrides`, with clear errors.
 
@@ -69,11 +84,7 @@ def load_config(config_file: str, overrides: Sequence[str] = ()):
         overrides (Sequence[str]): ``key=value`` strings (hydra syntax; ``+key=value`` adds a new
             key on purpose).
     """
-    if not os.path.isfile(config_file):
-        try:  # a repository path (projects/ViTDet/configs/...) from another working directory
-            config_file = resolve_config_file(config_file)
-        except FileNotFoundError:
-            pass
+    config_file = find_config_file(config_file)
     if not os.path.isfile(config_file):
         folder = os.path.dirname(config_file) or "."
         names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []

@@ -6,6 +6,7 @@ dataset names and paths); ``run_cli`` prints an :class:`eva_det.errors.InputErro
 """
 
 import logging
+import os
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -13,7 +14,7 @@ from detectron2.utils.logger import setup_logger
 
 from eva_det.errors import InputError
 
-from .checks import check_inputs, explain_dataset_errors, load_config
+from .checks import check_inputs, explain_dataset_errors, find_config_file, load_config
 from .ema import load_checkpoint_for_eval
 from .train_loop import build_model, do_test, do_train
 
@@ -26,6 +27,9 @@ def main(args) -> dict:
     """Run training or ``--eval-only`` evaluation for parsed CLI ``args``."""
     import eva_det.data  # noqa: F401  (registers eva_det's datasets in every worker)
 
+    given = args.config_file
+    # a repository path (projects/...) from another directory: eva_det's config tree
+    args.config_file = find_config_file(given)
     cfg = load_config(args.config_file, args.opts)  # unknown override keys are errors
     check_inputs(cfg, eval_only=args.eval_only)  # dataset names / files, DETECTRON2_DATASETS
     default_setup(cfg, args)
@@ -37,6 +41,13 @@ def main(args) -> dict:
         abbrev_name="eva_det",
         enable_propagation=True,
     )
+    if args.config_file != given:
+        logger.info(
+            "Config %s is not under %s: using eva_det's copy %s",
+            given,
+            os.getcwd(),
+            args.config_file,
+        )
     with explain_dataset_errors(cfg, eval_only=args.eval_only):  # unknown category ids
         if args.eval_only:
             model = build_model(cfg)
