@@ -18,6 +18,7 @@ from shrink import EVA01_SHRINK, REPO
 from test_eva02_configs import EVA02_SHRINK, FAST_HEADS
 
 from eva_det import model_zoo
+from eva_det.checkpoint.hub import parse_hub_name
 
 # The releases, as listed by the official READMEs (EVA-01/det and EVA-02/det).
 EVA01_NAMES = ["eva_o365", "eva_coco_det", "eva_coco_seg", "eva_lvis"]
@@ -217,7 +218,8 @@ def test_committed_doc_equals_generated(tmp_path):
 
 def test_doc_commands_are_copyable_and_match_the_table():
     text = model_zoo.render_model_zoo_markdown()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    every = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    blocks = [b for b in every if "--eval-only" in b]
     runs = [
         (entry, evaluation) for entry in model_zoo.CHECKPOINTS for evaluation in entry.evaluations
     ]
@@ -231,9 +233,7 @@ def test_doc_commands_are_copyable_and_match_the_table():
         assert argv[:2] == ["python", "tools/lazyconfig_train_net.py"]
         args = default_argument_parser().parse_args(argv[2:])
         assert args.eval_only and args.config_file == entry.config
-        assert args.opts == [f"train.init_checkpoint=/path/to/{entry.filename}"] + list(
-            evaluation.overrides
-        )
+        assert args.opts == [f"train.init_checkpoint={entry.hub_name}"] + list(evaluation.overrides)
         if entry.config not in configs:
             configs[entry.config] = LazyConfig.load(os.path.join(REPO, entry.config))
         for opt in args.opts:
@@ -243,3 +243,11 @@ def test_doc_commands_are_copyable_and_match_the_table():
         printed = re.match(r"```\n\nPrints (.*) \(published\)\.", after).group(1)
         assert printed == ", ".join(f"`{t}` AP **{ap}**" for t, ap in evaluation.expected)
     assert "**64.164**" in text and "**57.3209**" in text
+    # the pretrained-backbone training command: an EVA-02 recipe and a hub name
+    (train,) = [b for b in every if "--eval-only" not in b]
+    argv = shlex.split(train.replace("\\\n", " "))
+    args = default_argument_parser().parse_args(argv[2:])
+    assert os.path.isfile(os.path.join(REPO, args.config_file)) and not args.eval_only
+    (init,) = args.opts
+    hub = parse_hub_name(init.split("=", 1)[1])
+    assert hub is not None and hub.repo_id.startswith("timm/eva02_large")
