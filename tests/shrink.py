@@ -34,3 +34,74 @@ def shrink_overrides(cfg) -> list:
     if "EVA02" in name:
         return [o for o in EVA01_SHRINK if "mlp_ratio" not in o]
     return list(EVA01_SHRINK)
+
+
+# Narrow pyramid and heads (full width is 256 / 1024) and few ROIs: CLI training runs of the
+# full recipes then take about a second per iteration on CPU, 1203 LVIS classes included.
+HEAD_SHRINK = [
+    "model.backbone.out_channels=32",
+    "model.proposal_generator.head.in_channels=32",
+    "model.proposal_generator.pre_nms_topk=[200,100]",
+    "model.proposal_generator.post_nms_topk=[50,20]",
+    "model.proposal_generator.batch_size_per_image=64",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.mask_head.input_shape.channels=32",
+    "model.roi_heads.mask_head.conv_dims=[16,16]",
+] + [
+    o
+    for i in range(3)
+    for o in (
+        f"model.roi_heads.box_heads.{i}.input_shape.channels=32",
+        f"model.roi_heads.box_heads.{i}.conv_dims=[16]",
+        f"model.roi_heads.box_heads.{i}.fc_dims=[32]",
+        f"model.roi_heads.box_predictors.{i}.input_shape.channels=32",
+        f"model.roi_heads.box_predictors.{i}.test_topk_per_image=20",
+    )
+]
+
+
+def lsj_data_overrides(image_size: int = 128) -> list:
+    """LSJ train / test augmentations of coco_lsj.py at ``image_size`` (recipes use 1024+)."""
+    return [
+        f"dataloader.train.mapper.augmentations.1.target_height={image_size}",
+        f"dataloader.train.mapper.augmentations.1.target_width={image_size}",
+        f"dataloader.train.mapper.augmentations.2.crop_size=[{image_size},{image_size}]",
+        f"dataloader.test.mapper.augmentations.0.short_edge_length={image_size}",
+        f"dataloader.test.mapper.augmentations.0.max_size={image_size}",
+    ]
+
+
+def cli_tiny_overrides(cfg, output_dir=None, max_iter: int = 3) -> list:
+    """Everything that turns a full recipe into a few-second CPU run of the training CLI.
+
+    The shrunk backbone (:func:`shrink_overrides`), :data:`HEAD_SHRINK`, 128 px LSJ, 2 images
+    per iteration without loader workers, ``max_iter`` iterations, evaluation at the end only,
+    and every detection kept (an untrained model scores below the recipes' thresholds).
+    ``output_dir`` (None: the config's) receives checkpoints, metrics and evaluator outputs.
+    """
+    outputs = (
+        [f"train.output_dir={output_dir}", f"dataloader.evaluator.output_dir={output_dir}"]
+        if output_dir
+        else []
+    )
+    return (
+        shrink_overrides(cfg)
+        + HEAD_SHRINK
+        + lsj_data_overrides(128)
+        + [
+            "train.device=cpu",
+            "train.amp.enabled=False",
+            "train.seed=0",
+            f"train.max_iter={max_iter}",
+            "train.log_period=1",
+            "train.eval_period=0",
+            f"train.checkpointer.period={max_iter}",
+            f"lr_multiplier.scheduler.milestones=[{max_iter - 2},{max_iter - 1}]",
+            f"lr_multiplier.scheduler.num_updates={max_iter}",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+            "model.roi_heads.override_score_thresh=0.0",
+        ]
+        + outputs
+    )

@@ -1,7 +1,10 @@
 """tools/demo.py end to end on a shrunk random-weight model: images (folder), a video, options."""
 
 import importlib.util
+import json
+import logging
 import os
+import re
 
 import cv2
 import numpy as np
@@ -211,3 +214,59 @@ def test_predictor_runs_tta_from_the_config(demo_setup):
     assert instances.image_size == (128, 160) and len(instances) > 0
     boxes = instances.pred_boxes.tensor
     assert boxes[:, 2].max() <= 160 and boxes[:, 3].max() <= 128
+
+
+_CUSTOM_CONFIG = """
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+
+from eva_det.config.paths import get_config
+
+_base = get_config("projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py")
+dataloader, lr_multiplier, model = _base.dataloader, _base.lr_multiplier, _base.model
+optimizer, test, train = _base.optimizer, _base.test, _base.train
+if "eva_test_demo_custom" not in DatasetCatalog.list():
+    register_coco_instances("eva_test_demo_custom", {{}}, {json_file!r}, {image_root!r})
+dataloader.test.dataset.names = "eva_test_demo_custom"
+"""
+FRUITS = ["apple", "banana", "cherry", "damson", "elderberry"]
+
+
+def test_demo_labels_a_custom_coco_dataset_with_its_class_names(demo_setup, caplog):
+    """A dataset registered with register_coco_instances (no thing_classes until loaded)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root, predictor = demo_setup
+    custom = root / "custom"
+    custom.mkdir(exist_ok=True)
+    categories = [{"id": 11 + i, "name": n} for i, n in enumerate(FRUITS)]
+    images = [{"id": 1, "file_name": "a.png", "height": 96, "width": 128}]
+    (custom / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": [], "categories": categories})
+    )
+    config = custom / "custom_dataset_config.py"
+    config.write_text(
+        _CUSTOM_CONFIG.format(json_file=str(custom / "instances.json"), image_root=str(root / "in"))
+    )
+    image = root / "in" / "a.png"
+    threshold = _threshold_for(predictor, cv2.imread(str(image)))
+    try:
+        with caplog.at_level(logging.INFO, logger="eva_det"):
+            _demo_tool().main(
+                ["--config-file", str(config), "--input", str(image), "--output"]
+                + [str(custom / "out"), "--weights", str(root / "weights.pth")]
+                + ["--confidence-threshold", str(threshold)]
+                + OVERRIDES
+            )
+        assert MetadataCatalog.get("eva_test_demo_custom").thing_classes == FRUITS
+    finally:
+        DatasetCatalog.remove("eva_test_demo_custom")
+        MetadataCatalog.remove("eva_test_demo_custom")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(str(image))]
+    assert len(lines) == 1, lines
+    labels = re.search(r"detections \((.*)\) ->", lines[0]).group(1).split(", ")
+    assert len(labels) >= 3
+    for label in labels:  # "class score%" with the dataset's names, never a bare class id
+        name, score = label.rsplit(" ", 1)
+        assert name in FRUITS and re.fullmatch(r"\d+%", score), label
+    assert os.path.isfile(custom / "out" / "a.png")

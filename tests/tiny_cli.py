@@ -35,13 +35,14 @@ DETERMINISTIC = [
     "train.log_period=1",
     "train.eval_period=0",
 ]
-# A smaller backbone, and an end-of-training evaluation that keeps no detection (an untrained
-# model scores ~0.2), so that these runs spend their time on training.
+# A smaller backbone, an end-of-training evaluation that keeps no detection (an untrained
+# model scores ~0.2) and no pictures, so that these runs spend their time on training.
 FAST = [
     "model.backbone.net.embed_dim=64",
     "model.backbone.net.depth=2",
     "model.backbone.net.window_block_indexes=[0]",
     "model.roi_heads.override_score_thresh=0.9",
+    "train.pictures.enabled=False",
 ]
 
 # Registers the mini shapes datasets at import, so that processes started by

@@ -7,7 +7,8 @@
 # 2. detectron2: kept when importable; else the official git install at a pinned commit when
 #    GitHub answers quickly; else the PyPI wheel of detectron2's sources (sal-detectron2, built for
 #    CPython 3.10; its pure-Python code runs on 3.11) plus detectron2's runtime dependencies.
-# 3. eva_det itself: pip install -e ".[dev]".
+# 3. eva_det itself with its runtime dependencies (pyproject.toml: shapely, OpenCV, ...):
+#    pip install -e ".[dev]"; then lvis-api without its dependencies (see below).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -61,7 +62,9 @@ fi
 
 log "installing eva_det (editable, with dev extras)"
 "${PIP[@]}" install -e ".[dev]"
-# lvis-api is only the tests' reference for LVIS numbers; its wheel asks for opencv-python,
-# which would clash with the headless OpenCV above, so it is installed without dependencies.
+# lvis-api: detectron2's LVIS loader (every LVIS recipe) reads the json with it, and the tests
+# use it as the reference for LVIS numbers. Its wheel asks for opencv-python, which would clash
+# with the headless OpenCV above, so it is installed without dependencies (the ones it imports
+# are eva_det's own: numpy, pycocotools, matplotlib, opencv).
 "${PIP[@]}" install --no-deps "lvis==0.5.3"
-"$PY" -c "import eva_det, detectron2; print('[install] eva_det ready; detectron2', detectron2.__version__)"
+"$PY" -c "import eva_det, detectron2, shapely, lvis; print('[install] eva_det ready; detectron2', detectron2.__version__)"

@@ -40,7 +40,13 @@ from eva_det.errors import InputError
 from .convert import convert_for_model
 from .hub import resolve_weights
 
-__all__ = ["EVACheckpointer", "LoadReport", "atomic_torch_save", "atomic_write_text"]
+__all__ = [
+    "EVACheckpointer",
+    "LoadReport",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,11 @@ def atomic_torch_save(obj, path: str) -> None:
 def atomic_write_text(text: str, path: str) -> None:
     """Write ``text`` to ``path`` through a temporary file + rename."""
     _atomic_write(path, lambda f: f.write(text), "w")
+
+
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    """Write ``data`` (e.g. an encoded PNG) to ``path`` through a temporary file + rename."""
+    _atomic_write(path, lambda f: f.write(data), "wb")
 
 
 @dataclass

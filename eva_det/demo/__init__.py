@@ -10,7 +10,7 @@ from .run import (
     run_on_images,
     run_on_video,
 )
-from .visualize import FrameDrawer, draw_instances, filter_instances
+from .visualize import FrameDrawer, draw_instances, draw_instances_with_labels, filter_instances
 
 __all__ = [
     "LazyPredictor",
@@ -24,5 +24,6 @@ __all__ = [
     "run_on_video",
     "FrameDrawer",
     "draw_instances",
+    "draw_instances_with_labels",
     "filter_instances",
 ]

@@ -14,10 +14,10 @@ from typing import Optional
 import numpy as np
 import torch
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.catalog import Metadata
 
+from eva_det.data.datasets.coco_json import dataset_names
+from eva_det.data.metadata import dataset_metadata
 from eva_det.engine.ema import load_checkpoint_for_eval
 from eva_det.engine.precision import inference_precision
 from eva_det.engine.train_loop import resolve_device
@@ -34,10 +34,8 @@ def test_dataset_name(cfg) -> Optional[str]:
         names = cfg.dataloader.test.dataset.names
     except (AttributeError, KeyError):
         return None
-    if isinstance(names, str):
-        return names
-    names = list(names or [])
-    return str(names[0]) if names else None
+    names = dataset_names(names)  # a Custom recipe's LazyCall registers the dataset here
+    return names[0] if names else None
 
 
 def set_score_threshold(cfg, threshold: float) -> None:
@@ -66,7 +64,8 @@ class LazyPredictor:
     Attributes:
         cfg: the config the model was built from.
         model (nn.Module): the detector in eval mode (wrapped for TTA when ``test.aug.enabled``).
-        metadata (Metadata): metadata of the first test dataset (class names for drawing).
+        metadata (Metadata): metadata of the first test dataset, with ``thing_classes`` (class
+            names for drawing) read from its json if it was registered without them.
         input_format (str): channel order the model expects ("RGB" or "BGR").
         device (str): where the model runs.
     """
@@ -102,8 +101,8 @@ class LazyPredictor:
             raise ValueError(
                 f"model.input_format={self.input_format!r}: the demo supports 'RGB' or 'BGR'"
             )
-        name = test_dataset_name(cfg)
-        self.metadata = MetadataCatalog.get(name) if name else Metadata()
+        # class names of the test dataset, read from its json if it was registered without
+        self.metadata = dataset_metadata(test_dataset_name(cfg))
 
     def preprocess(self, image_bgr: np.ndarray) -> dict:
         """A model input dict for one image, as the test mapper makes it.

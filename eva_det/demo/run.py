@@ -15,7 +15,7 @@ from typing import Callable, Iterable, List, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .visualize import FrameDrawer, draw_instances, filter_instances
+from .visualize import FrameDrawer, draw_instances_with_labels, filter_instances
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -144,7 +144,7 @@ def run_on_images(
         predictor (callable): (H, W, 3) BGR uint8 -> ``{"instances": Instances}``.
         items (iterable[DemoItem]): image items.
         threshold (float): lowest score drawn.
-        metadata (Metadata): class names for the labels.
+        metadata (Metadata): class names for the labels (the labels drawn are logged).
     """
     from detectron2.data.detection_utils import read_image
 
@@ -152,9 +152,15 @@ def run_on_images(
     for item in tqdm(items, desc="images", unit="img", disable=not items):
         image_bgr = read_image(item.path, format="BGR")  # applies EXIF orientation
         instances = filter_instances(predictor(image_bgr)["instances"], threshold)
-        drawn = draw_instances(image_bgr[:, :, ::-1], instances, metadata)
+        drawn, labels = draw_instances_with_labels(image_bgr[:, :, ::-1], instances, metadata)
         _write_image(item.output, np.ascontiguousarray(drawn[:, :, ::-1]))
-        logger.info("%s: %d detections -> %s", item.path, len(instances), item.output)
+        logger.info(
+            "%s: %d detections (%s) -> %s",
+            item.path,
+            len(instances),
+            ", ".join(labels) or "none",
+            item.output,
+        )
     return len(items)
 
 

@@ -3,10 +3,11 @@
 Images go through ``Visualizer`` (boxes, masks, "class score%" labels); video frames through
 ``VideoVisualizer``, which keeps an instance's colour across frames (and, as detectron2 does,
 draws masks instead of boxes when the model predicts masks). Class names come from the
-metadata's ``thing_classes``.
+metadata's ``thing_classes`` (:func:`eva_det.data.metadata.dataset_metadata` fills them in for
+datasets registered without them).
 """
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 from detectron2.data.catalog import Metadata
@@ -14,7 +15,7 @@ from detectron2.structures import Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-__all__ = ["filter_instances", "draw_instances", "FrameDrawer"]
+__all__ = ["filter_instances", "draw_instances", "draw_instances_with_labels", "FrameDrawer"]
 
 
 def filter_instances(instances: Instances, threshold: float) -> Instances:
@@ -31,13 +32,26 @@ def filter_instances(instances: Instances, threshold: float) -> Instances:
     return instances
 
 
-def draw_instances(
+class _LabelRecordingVisualizer(Visualizer):
+    """detectron2's ``Visualizer`` that keeps the text labels it drew (``drawn_labels``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drawn_labels: List[str] = []
+
+    def overlay_instances(self, *args, labels=None, **kwargs):
+        self.drawn_labels = [str(label) for label in labels or []]
+        return super().overlay_instances(*args, labels=labels, **kwargs)
+
+
+def draw_instances_with_labels(
     image_rgb: np.ndarray,
     instances: Instances,
     metadata: Optional[Metadata] = None,
     instance_mode: ColorMode = ColorMode.IMAGE,
-) -> np.ndarray:
-    """Draw ``instances`` on a copy of ``image_rgb``.
+    scale: float = 1.0,
+) -> Tuple[np.ndarray, List[str]]:
+    """Draw ``instances`` on a copy of ``image_rgb``; also return the labels drawn.
 
     Args:
         image_rgb (np.ndarray): (H, W, 3) uint8 RGB image, in the coordinates of ``instances``.
@@ -45,12 +59,27 @@ def draw_instances(
             optional ``pred_masks`` (N, H, W)).
         metadata (Metadata): gives ``thing_classes`` for the labels (class ids without it).
         instance_mode (ColorMode): detectron2's colouring mode.
+        scale (float): output size / input size (larger gives more legible labels).
 
     Returns:
-        np.ndarray: (H, W, 3) uint8 RGB image with the drawings.
+        np.ndarray: (round(H * scale), round(W * scale), 3) uint8 RGB image with the drawings.
+        list[str]: one "class score%" label per instance, as drawn.
     """
-    visualizer = Visualizer(image_rgb, metadata, scale=1.0, instance_mode=instance_mode)
-    return visualizer.draw_instance_predictions(instances).get_image()
+    visualizer = _LabelRecordingVisualizer(
+        image_rgb, metadata, scale=scale, instance_mode=instance_mode
+    )
+    drawn = visualizer.draw_instance_predictions(instances).get_image()
+    return drawn, visualizer.drawn_labels
+
+
+def draw_instances(
+    image_rgb: np.ndarray,
+    instances: Instances,
+    metadata: Optional[Metadata] = None,
+    instance_mode: ColorMode = ColorMode.IMAGE,
+) -> np.ndarray:
+    """:func:`draw_instances_with_labels` at scale 1, the image only."""
+    return draw_instances_with_labels(image_rgb, instances, metadata, instance_mode)[0]
 
 
 class FrameDrawer:

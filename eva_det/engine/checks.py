@@ -26,6 +26,8 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from eva_det.config.paths import resolve_config_file
+from eva_det.data.datasets.coco_json import dataset_names
+from eva_det.data.datasets.shapes import shapes_root_problem
 from eva_det.data.robust_mapper import segmentation_problem
 from eva_det.errors import InputError
 
@@ -207,6 +209,9 @@ def _call_arguments(target) -> Tuple[List[str], bool]:
 def configured_datasets(cfg, eval_only: bool = False) -> List[Tuple[str, str]]:
     """``(config key, dataset name)`` for every dataset the run will read.
 
+    Names given as a ``LazyCall`` registration (:func:`eva_det.data.datasets.register_coco_json`)
+    are registered by this call.
+
     Args:
         cfg: a LazyConfig with the usual ``dataloader.{train,test,evaluator}`` nodes.
         eval_only (bool): skip the training datasets.
@@ -216,11 +221,10 @@ def configured_datasets(cfg, eval_only: bool = False) -> List[Tuple[str, str]]:
         if eval_only and key.startswith("dataloader.train"):
             continue
         names = _select(cfg, key)
-        if names is _ABSENT or names is None:
+        if names is _ABSENT:
             continue
-        if isinstance(names, str):
-            names = [names]
-        out += [(key, str(n)) for n in names]
+        # a LazyCall registration (Custom recipes) registers here and gives its name
+        out += [(key, n) for n in dataset_names(names)]
     return out
 
 
@@ -228,13 +232,17 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
     """Raise InputError if a configured dataset is not registered or its files are missing.
 
     Checks, without reading any dataset file: each name is registered (else the message lists
-    close registered names); ``$DETECTRON2_DATASETS``, when set, is an existing folder if a
-    dataset lives under it; each dataset's ``json_file`` and ``image_root`` metadata exist.
-    Synthetic shapes datasets are skipped for the file check: they are generated on first use.
+    close registered names); the lvis package is installed for LVIS-format datasets;
+    ``$DETECTRON2_DATASETS``, when set, is an existing folder if a dataset lives under it; each
+    dataset's ``json_file`` and ``image_root`` metadata exist.
+    Synthetic shapes datasets are generated on first use: their root (and
+    ``$DETECTRON2_DATASETS``) may be missing, but must be creatable and writable unless the
+    data is already complete (:func:`eva_det.data.datasets.shapes.shapes_root_problem`).
     """
+    configured = configured_datasets(cfg, eval_only)  # registers LazyCall-registered names
     registered = DatasetCatalog.list()
     seen = set()
-    for key, name in configured_datasets(cfg, eval_only):
+    for key, name in configured:
         if name in seen:
             continue
         seen.add(name)
@@ -242,18 +250,38 @@ def check_datasets(cfg, eval_only: bool = False) -> None:
             close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
             hint = f" Close registered names: {', '.join(close)}." if close else ""
             raise InputError(
-                f"{key}: dataset {name!r} is not registered.{hint} Fix the name, or register it "
-                "(e.g. detectron2.data.datasets.register_coco_instances) at the top of the "
-                "script that starts training, so every process registers it."
+                f"{key}: dataset {name!r} is not registered.{hint} Fix the name; for your own "
+                "COCO-format json use a projects/ViTDet/configs/Custom/ recipe "
+                "(docs/CUSTOM_DATASETS.md), or register it (e.g. detectron2.data.datasets."
+                "register_coco_instances) at the top of the script that starts training."
             )
+        _check_loader_packages(name)
         _check_dataset_files(name)
+
+
+def _check_loader_packages(name: str) -> None:
+    """LVIS-format datasets are read by detectron2's ``load_lvis_json``, which imports lvis."""
+    if MetadataCatalog.get(name).get("evaluator_type") != "lvis":
+        return
+    try:
+        import lvis  # noqa: F401
+    except ImportError:
+        raise InputError(
+            f"Dataset {name!r} is in LVIS format: detectron2 reads it with the lvis package, "
+            "which is not installed. Install it with `pip install --no-deps lvis==0.5.3` "
+            "(bash tools/install.sh does; --no-deps keeps the headless OpenCV)."
+        ) from None
 
 
 def _check_dataset_files(name: str) -> None:
     meta = MetadataCatalog.get(name)
     shapes = meta.get("shapes_params")
-    paths = [("root", shapes["root"])] if shapes else []
-    paths += [(k, meta.get(k)) for k in ("json_file", "image_root") if meta.get(k) and not shapes]
+    if shapes:  # generated on first use: the folder may be missing but must be creatable
+        problem = None if os.path.isfile(meta.json_file) else shapes_root_problem(shapes["root"])
+        if problem:
+            raise InputError(problem)
+        return
+    paths = [(k, meta.get(k)) for k in ("json_file", "image_root") if meta.get(k)]
     if not paths:
         return  # registered without file metadata: nothing to check before loading it
     root = os.environ.get("DETECTRON2_DATASETS")
@@ -265,7 +293,7 @@ def _check_dataset_files(name: str) -> None:
                 f"Set DETECTRON2_DATASETS to the folder that holds your datasets. {_LAYOUT_HINT}"
             )
     for what, path in paths:
-        if shapes or os.path.exists(path):
+        if os.path.exists(path):
             continue
         where = (
             f"DETECTRON2_DATASETS={root}"

@@ -2,10 +2,12 @@
 
 Follows detectron2's ``tools/lazyconfig_train_net.py``: ``do_train`` builds model, optimizer,
 loader and hooks (timer, lr schedule, periodic checkpoints, evaluation, metrics.json /
-TensorBoard / console writers with ETA); ``do_test`` runs ``inference_on_dataset``.
+TensorBoard / console writers with ETA, and at the end the pictures of
+:mod:`eva_det.engine.pictures`); ``do_test`` runs ``inference_on_dataset``.
 """
 
 import logging
+import time
 from typing import Optional
 
 import torch
@@ -20,6 +22,7 @@ from eva_det.evaluation.inference import inference_on_dataset  # progress bar, b
 from eva_det.modeling.tta import build_tta_model
 
 from .ema import EMA_KEY, EMAHook, EMAState, apply_ema_weights, build_model_ema
+from .pictures import PicturesHook, pictures_config
 from .precision import inference_precision
 from .trainer import build_trainer, create_ddp_model
 
@@ -60,10 +63,13 @@ def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
     eval_model = build_tta_model(cfg, model)
 
     def evaluate() -> dict:
+        start = time.perf_counter()
         loader = instantiate(cfg.dataloader.test)
         evaluator = instantiate(cfg.dataloader.evaluator)
         with inference_precision(cfg, eval_model):  # test.amp, test.compile_backbone
             results = inference_on_dataset(eval_model, loader, evaluator)
+        # parsed by bench/shapes_main_job.py
+        logger.info("Evaluation took %.2f s (inference and scoring)", time.perf_counter() - start)
         if comm.is_main_process() and results:
             print_csv_format(results)
         return results
@@ -116,6 +122,8 @@ def do_train(cfg, resume: bool = False) -> None:
             )
             if comm.is_main_process()
             else None,
+            # after the final evaluation and metrics.json flush: predictions.png, losses.png
+            PicturesHook(cfg, model) if pictures_config(cfg)["enabled"] else None,
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)

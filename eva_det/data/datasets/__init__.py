@@ -1,5 +1,6 @@
 """Datasets shipped with eva_det (registration only; no I/O at import)."""
 
+from .coco_json import dataset_names, json_category_names, register_coco_json
 from .objects365 import (
     OBJECTS365_CATEGORIES,
     OBJECTS365_SPLITS,
@@ -21,6 +22,9 @@ from .shapes import (
 )
 
 __all__ = [
+    "dataset_names",
+    "json_category_names",
+    "register_coco_json",
     "OBJECTS365_CATEGORIES",
     "OBJECTS365_SPLITS",
     "objects365_metadata",

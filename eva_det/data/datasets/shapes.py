@@ -23,6 +23,9 @@ without going through the DatasetCatalog (e.g. ``COCOEvaluator(name)``, which op
 ``MetadataCatalog.get(name).json_file`` in its constructor) must call ``ensure_shapes(name)``
 first. Generation holds a per-split file lock and builds into a temporary directory inside
 ``root`` that is renamed into place, with the JSON file (the completion marker) moved last.
+``root`` and its missing parents are created; a root that cannot be created or written raises
+:class:`eva_det.errors.InputError` naming it (:func:`shapes_root_problem` finds that before any
+work starts, without writing anything).
 """
 
 import contextlib
@@ -44,6 +47,8 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image, ImageDraw
+
+from eva_det.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +325,10 @@ def generate_shapes(
     json_path = os.path.join(root, "annotations", f"instances_{split}.json")
     expected = {"version": _FORMAT_VERSION, "split": split, "num_images": num_images}
     expected.update(image_size=image_size, seed=seed)
-    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    if os.path.isfile(json_path):  # complete (moved in last): no lock, so read-only roots work
+        _check_existing(json_path, expected)
+        return json_path
+    _make_root(root)
     with _split_lock(root, split):
         if os.path.isfile(json_path):
             _check_existing(json_path, expected)
@@ -346,6 +354,56 @@ def generate_shapes(
         time.perf_counter() - start,
     )
     return json_path
+
+
+def _nearest_existing(path: str) -> str:
+    """``path`` or its closest ancestor that exists (as a file, folder or anything else)."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _unwritable_message(root: str, reason: str) -> str:
+    return (
+        f"The shapes dataset is generated on first use under {root}, but {reason}. Set "
+        "DETECTRON2_DATASETS to a folder you can write to (it is created if missing; the data "
+        "goes into its shapes/ subfolder), e.g. DETECTRON2_DATASETS=$HOME/datasets."
+    )
+
+
+def shapes_root_problem(root: str) -> Optional[str]:
+    """Why shapes data cannot be generated under ``root``, or None if it can; writes nothing.
+
+    ``root`` may not exist yet: its closest existing ancestor must then be a folder this
+    process may create entries in. (The superuser passes permission checks, but not a parent
+    that is a regular file or a read-only file system.)
+
+    Args:
+        root (str): dataset directory, e.g. ``$DETECTRON2_DATASETS/shapes``.
+
+    Returns:
+        str or None: a complete InputError message naming the folder and what to do.
+    """
+    existing = _nearest_existing(root)
+    if not os.path.isdir(existing):
+        return _unwritable_message(root, f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "it is" if existing == os.path.abspath(root) else f"its parent {existing} is"
+        return _unwritable_message(root, f"{what} not writable by this user")
+    return None
+
+
+def _make_root(root: str) -> None:
+    """Create ``root/annotations`` (and missing parents); InputError if that is impossible."""
+    problem = shapes_root_problem(root)
+    if problem is None:
+        try:
+            os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+            return
+        except OSError as e:  # e.g. a read-only file system
+            problem = _unwritable_message(root, f"creating {e.filename or root} failed ({e})")
+    raise InputError(problem)
 
 
 def ensure_shapes(dataset_name: str) -> str:
