@@ -1,6 +1,9 @@
 """Shared pytest fixtures and settings for eva_det's CPU test suite."""
 
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 
 import pytest
@@ -11,6 +14,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# No test may reach the Hugging Face hub: set before anything imports huggingface_hub (which
+# reads these at import). Offline mode, an unreachable loopback endpoint, and a private empty
+# cache that tests fill by hand (tests/hub_cache.py).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="eva_det_test_hf_home_")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

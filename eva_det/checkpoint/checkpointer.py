@@ -9,6 +9,11 @@ skipped, by name: tensors whose shapes differ (e.g. 366 vs 81 class rows when fi
 checkpoint tensors the model does not use. A one-line summary is logged next to detectron2's
 detailed messages, so partial loads are never silent.
 
+Checkpoint values may name weights on the Hugging Face hub (``hf://ORG/NAME/PATH``, timm names,
+model-zoo names; :mod:`eva_det.checkpoint.hub`): :meth:`EVACheckpointer.load` downloads them into
+the hub cache first, reads ``.safetensors`` files, and converts a pretrained backbone named that
+way to the detector's layout (:func:`eva_det.checkpoint.convert.convert_for_model`).
+
 Files are read with ``weights_only=True`` (:mod:`.safe_load`: tensors, containers and the few
 types official EVA files pickle, allowed by name). Bad files give one clear
 :class:`eva_det.errors.InputError` naming the file: a file that is not a readable ``torch.save``
@@ -36,7 +41,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from eva_det.errors import InputError
 
+from .convert import convert_for_model
 from .fit import check_fit, module_groups
+from .hub import resolve_weights
 from .safe_load import UNSAFE_OPT_IN, load_checkpoint_file
 
 __all__ = [
@@ -125,7 +132,8 @@ class LoadReport:
 
 
 class EVACheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with atomic ``save``, safe loading and a :class:`LoadReport`.
+    """``DetectionCheckpointer`` with atomic ``save``, safe loading, a :class:`LoadReport` and
+    hub-named weights.
 
     ``load`` only reports; :meth:`load_for_eval` and :meth:`resume_or_load` also enforce the fit
     rules of :mod:`.fit` (evaluation: everything; training: the whole pretrained backbone).
@@ -156,6 +164,14 @@ class EVACheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **checkpointables)
         self.allow_mismatch = allow_mismatch
         self.unsafe_load_executes_code = unsafe_load_executes_code
+        self._hub_files = set()  # local files of hub-named weights (converted when pretrained)
+
+    def load(self, path: str, *args, **kwargs):
+        """detectron2's ``load``; ``path`` may also be a hub name (see the module docstring)."""
+        weights = resolve_weights(path)
+        if weights.hub is not None:
+            self._hub_files.add(weights.path)
+        return super().load(weights.path, *args, **kwargs)
 
     def load_for_eval(self, path: str, checkpointables=None) -> dict:
         """``load`` for evaluation: refuses a checkpoint that does not fit the model exactly.
@@ -220,8 +236,19 @@ class EVACheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _torch_load(self, f: str):
-        """Load ``f`` safely (:func:`.safe_load.load_checkpoint_file`); check it is a state dict."""
-        loaded = load_checkpoint_file(f, unsafe_load_executes_code=self.unsafe_load_executes_code)
+        """Load ``f`` safely (:func:`.safe_load.load_checkpoint_file`); check it is a state dict.
+
+        ``.safetensors`` files are read with ``safetensors``; hub-named files holding a
+        pretrained backbone are converted for ``self.model``.
+        """
+        if f.endswith(".safetensors"):
+            loaded = _load_safetensors(f)
+        else:
+            loaded = load_checkpoint_file(
+                f, unsafe_load_executes_code=self.unsafe_load_executes_code
+            )
+        if f in self._hub_files and isinstance(loaded, Mapping):
+            loaded = convert_for_model(loaded, self.model, f)
         check_state_dict_file(loaded, f)
         return loaded
 
@@ -278,6 +305,17 @@ def checkpoint_options(cfg) -> dict:
         "allow_mismatch": bool(train.get("allow_checkpoint_mismatch", False)),
         "unsafe_load_executes_code": bool(train.get("unsafe_load_executes_code", False)),
     }
+
+
+def _load_safetensors(path: str) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise InputError(
+            f"Checkpoint {path} is a .safetensors file: install safetensors (pip install "
+            "safetensors; bash tools/install.sh does) to read it."
+        ) from None
+    return load_file(path, device="cpu")
 
 
 def _unreadable(path: str, unsafe_load_executes_code: bool = False):

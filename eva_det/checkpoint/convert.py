@@ -5,7 +5,9 @@ Entry points:
 * :func:`detect_format` - which of :data:`FORMATS` a state dict is in;
 * :func:`convert_pretrained` - ``dict -> ConversionResult`` for any of them;
 * :func:`convert_file` - load a file, unwrap its container, convert, write ``{"model": ...}``
-  atomically and log a summary (what ``tools/convert_pretrained.py`` runs).
+  atomically and log a summary (what ``tools/convert_pretrained.py`` runs);
+* :func:`convert_for_model` - convert a loaded pretrained backbone for a given detector on the
+  fly (what loading hub-named weights such as ``timm/eva02_base_patch14_224.mim_in22k`` runs).
 
 The per-generation renames are documented in :mod:`eva_det.checkpoint.convert_eva01` and
 :mod:`eva_det.checkpoint.convert_eva02`.
@@ -14,6 +16,7 @@ The per-generation renames are documented in :mod:`eva_det.checkpoint.convert_ev
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from collections import Counter
@@ -38,6 +41,8 @@ __all__ = [
     "load_checkpoint",
     "save_atomic",
     "convert_file",
+    "is_detector_state_dict",
+    "convert_for_model",
 ]
 
 #: Source layouts :func:`convert_pretrained` accepts (plus ``"auto"``).
@@ -196,6 +201,70 @@ def save_atomic(obj: Any, path: str) -> None:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+
+
+_DETECTOR_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
+
+
+def is_detector_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """Whether the keys are a detector's (``backbone.*``, ``roi_heads.*``...), not a bare ViT's."""
+    return any(isinstance(k, str) and k.startswith(_DETECTOR_PREFIXES) for k in state_dict)
+
+
+def _backbone_geometry(model: torch.nn.Module) -> tuple[int, int]:
+    """``(patch size, pretrain image size)`` of ``model.backbone.net`` (16, 224 if unknown).
+
+    Read from the shapes of ``backbone.net.patch_embed.proj.weight`` (C, 3, p, p) and
+    ``backbone.net.pos_embed`` (1, [1 +] g*g, C): pretrain image size = g * p.
+    """
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    state = model.state_dict()
+    weight = state.get("backbone.net.patch_embed.proj.weight")
+    pos = state.get("backbone.net.pos_embed")
+    if weight is None or pos is None:
+        return 16, 224
+    patch, tokens = int(weight.shape[-1]), int(pos.shape[-2])
+    for n in (tokens, tokens - 1):
+        grid = math.isqrt(n)
+        if grid * grid == n:
+            return patch, grid * patch
+    return patch, 224
+
+
+def convert_for_model(loaded: Mapping[str, Any], model: torch.nn.Module, source: str) -> Mapping:
+    """A loaded checkpoint made loadable into ``model``.
+
+    Detector checkpoints are returned as they are; a pretrained ViT backbone (EVA-01, EVA-02,
+    timm EVA-02; any container) is converted with :func:`convert_pretrained` to the patch size
+    and position-embedding grid of ``model.backbone.net``.
+
+    Args:
+        loaded (Mapping): what was read from the file.
+        model (nn.Module): the detector the weights are for.
+        source (str): the checkpoint's name, for the log.
+
+    Returns:
+        Mapping: ``loaded``, or ``{"model": converted state dict}``.
+    """
+    state_dict = unwrap_state_dict(loaded)
+    if is_detector_state_dict(state_dict):
+        return loaded
+    patch_size, pretrain_img_size = _backbone_geometry(model)
+    result = convert_pretrained(
+        state_dict, "auto", patch_size=patch_size, pretrain_img_size=pretrain_img_size
+    )
+    logger.info(
+        "Converted pretrained backbone %s on load: %d keys for backbone.net (patch %d, "
+        "pos_embed grid %d), %d source keys dropped.",
+        source,
+        len(result.state_dict),
+        patch_size,
+        pretrain_img_size // patch_size,
+        len(result.dropped),
+    )
+    for pattern, count, reason in summarize_dropped(result.dropped):
+        logger.info("  dropped %s (%d key%s): %s", pattern, count, "s" * (count != 1), reason)
+    return {"model": result.state_dict}
 
 
 def convert_file(

@@ -28,6 +28,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
+from eva_det.checkpoint.hub import parse_hub_name
+from eva_det.config.paths import resolve_config_file
 from eva_det.data.datasets.coco_json import dataset_names
 from eva_det.data.datasets.shapes import shapes_root_problem
 from eva_det.data.robust_mapper import segmentation_problem
@@ -65,14 +67,32 @@ _LAYOUT_HINT = (
 # ----------------------------------------------------------------------------- config overrides
 
 
+def find_config_file(config_file: str) -> str:
+    """``config_file``, or the config tree's file of that repository path if it is not a file.
+
+    ``projects/ViTDet/configs/COCO/x.py`` then works from any working directory (an installed
+    package ships the tree, :func:`eva_det.config.paths.resolve_config_file`). A path found in
+    neither place is returned as it is.
+    """
+    if os.path.isfile(config_file):
+        return config_file
+    try:
+        return resolve_config_file(config_file)
+    except FileNotFoundError:
+        return config_file
+
+
 def load_config(config_file: str, overrides: Sequence[str] = ()):
     """``LazyConfig.load(config_file)`` plus :func:`apply_overrides`, with clear errors.
 
     Args:
-        config_file (str): path of a LazyConfig python file.
+        config_file (str): path of a LazyConfig python file; a repository path such as
+            ``projects/ViTDet/configs/COCO/x.py`` that is not under the working directory is
+            taken from eva_det's config tree (:func:`eva_det.config.paths.resolve_config_file`).
         overrides (Sequence[str]): ``key=value`` strings (hydra syntax; ``+key=value`` adds a new
             key on purpose).
     """
+    config_file = find_config_file(config_file)
     if not os.path.isfile(config_file):
         folder = os.path.dirname(config_file) or "."
         names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
@@ -395,7 +415,8 @@ def _is_under(path: str, root: str) -> bool:
 def check_init_checkpoint(cfg, resume: bool = False, option: str = "train.init_checkpoint") -> None:
     """Raise InputError if ``train.init_checkpoint`` names a local file that does not exist.
 
-    Empty means random weights; URLs (``://``) are left to detectron2's path manager; with
+    Empty means random weights; URLs (``://``) and hub names (``hf://``, ``timm/...``, model-zoo
+    names; :func:`eva_det.checkpoint.hub.parse_hub_name`) are resolved when loading; with
     ``resume`` and a ``last_checkpoint`` in ``train.output_dir`` the file is not read.
 
     Args:
@@ -405,6 +426,8 @@ def check_init_checkpoint(cfg, resume: bool = False, option: str = "train.init_c
     """
     path = _select(cfg, "train.init_checkpoint")
     if path is _ABSENT or not path or "://" in str(path) or os.path.isfile(str(path)):
+        return
+    if parse_hub_name(str(path)) is not None:
         return
     output_dir = _select(cfg, "train.output_dir")
     if resume and isinstance(output_dir, str):

@@ -23,7 +23,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from eva_det.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, exit_on_input_error
 
-from .checks import check_inputs, explain_dataset_errors, load_config
+from .checks import check_inputs, explain_dataset_errors, find_config_file, load_config
 from .ema import load_checkpoint_for_eval
 from .interrupt import TrainingInterrupted, resume_command
 from .train_loop import build_model, do_test, do_train
@@ -64,6 +64,9 @@ def main(args) -> dict:
     """Run training or ``--eval-only`` evaluation for parsed CLI ``args``."""
     import eva_det.data  # noqa: F401  (registers eva_det's datasets in every worker)
 
+    given = args.config_file
+    # a repository path (projects/...) from another directory: eva_det's config tree
+    args.config_file = find_config_file(given)
     cfg = load_config(args.config_file, args.opts)  # unknown override keys are errors
     # dataset names / files, DETECTRON2_DATASETS, train.init_checkpoint
     check_inputs(cfg, eval_only=args.eval_only, resume=args.resume)
@@ -76,6 +79,13 @@ def main(args) -> dict:
         abbrev_name="eva_det",
         enable_propagation=True,
     )
+    if args.config_file != given:
+        logger.info(
+            "Config %s is not under %s: using eva_det's copy %s",
+            given,
+            os.getcwd(),
+            args.config_file,
+        )
     with explain_dataset_errors(cfg, eval_only=args.eval_only):  # unknown ids, empty datasets
         if args.eval_only:
             model = build_model(cfg)

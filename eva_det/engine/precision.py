@@ -1,7 +1,7 @@
 """Inference precision and compilation for evaluation: ``test.amp`` and ``test.compile_backbone``.
 
-Both options are read from the config's ``test`` section, merged over the defaults in
-``configs/common/test.py``, so they work on the command line for every config::
+Both options are read from the config's ``test`` section, merged over the defaults of
+:func:`eva_det.config.defaults.test_defaults`, so they work on the command line for every config::
 
     --eval-only --config-file CFG ... test.amp.enabled=True test.amp.dtype=bfloat16
     --eval-only --config-file CFG ... test.compile_backbone=True
@@ -56,7 +56,10 @@ AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def precision_settings(cfg) -> dict:
-    """``cfg.test.amp`` and ``cfg.test.compile_backbone`` merged over ``configs/common/test.py``.
+    """``cfg.test.amp`` and ``cfg.test.compile_backbone`` merged over their defaults.
+
+    The defaults are :func:`eva_det.config.defaults.test_defaults` (which
+    ``configs/common/test.py`` also uses).
 
     Returns:
         dict: ``{"amp": {"enabled": bool, "dtype": str}, "compile_backbone": bool}``.
@@ -67,11 +70,11 @@ def precision_settings(cfg) -> dict:
     """
     from omegaconf import OmegaConf
 
-    from eva_det.config import get_config
+    from eva_det.config.defaults import test_defaults
 
-    defaults = get_config("common/test.py").test
-    amp = dict(OmegaConf.to_container(defaults.amp, resolve=True))
-    compile_backbone = bool(defaults.compile_backbone)
+    defaults = test_defaults()
+    amp = dict(defaults["amp"])
+    compile_backbone = bool(defaults["compile_backbone"])
     test = cfg.get("test", None)
     if test is not None:
         given = test.get("amp", None)
@@ -165,7 +168,7 @@ def inference_precision(cfg, model: nn.Module) -> Iterator[None]:
     """Evaluate ``model`` under ``test.amp`` and ``test.compile_backbone`` inside the block.
 
     Args:
-        cfg: LazyConfig (``test`` section optional, defaults in ``configs/common/test.py``).
+        cfg: LazyConfig (``test`` section optional, defaults in :mod:`eva_det.config.defaults`).
         model (nn.Module): the model about to be evaluated (detector, DDP or TTA wrapper).
     """
     settings = precision_settings(cfg)

@@ -19,6 +19,7 @@ from detectron2.structures import Instances
 from detectron2.utils.file_io import PathManager
 from omegaconf import OmegaConf
 
+from eva_det.checkpoint.hub import resolve_weights
 from eva_det.errors import InputError
 
 from .coco_evaluation import write_json_atomic
@@ -54,7 +55,7 @@ def _canonical(obj):
 def fingerprint(cfg, dataset_name: str, max_dets: int, shard_size: int) -> str:
     """sha256 of everything that changes the cached results (see the module docstring)."""
     ckpt = cfg.train.init_checkpoint
-    local = PathManager.get_local_path(ckpt)
+    local = PathManager.get_local_path(resolve_weights(ckpt).path)  # hub names: cached file
     if not os.path.isfile(local):
         raise InputError(f"train.init_checkpoint={ckpt!r}: no such file.")
     stat = os.stat(local)

@@ -6,7 +6,7 @@ backslashes, so it can be pasted as it is.
 
 from typing import Iterable, List, Optional
 
-from .table import CHECKPOINTS, Checkpoint, Evaluation
+from .table import CHECKPOINTS, PRETRAINED_BACKBONES, Checkpoint, Evaluation
 
 __all__ = ["render_model_zoo_markdown", "eval_command"]
 
@@ -15,19 +15,20 @@ _DOC_LINK_PREFIX = "../"  # the doc lives in docs/, paths in the table are repos
 
 
 def eval_command(
-    entry: Checkpoint, evaluation: Evaluation, checkpoint_dir: str = "/path/to"
+    entry: Checkpoint, evaluation: Evaluation, checkpoint: Optional[str] = None
 ) -> str:
     """The ``--eval-only`` command line of one official evaluation of ``entry``.
 
     Args:
         entry (Checkpoint): the checkpoint.
         evaluation (Evaluation): one of ``entry.evaluations``.
-        checkpoint_dir (str): folder the user downloaded the file to.
+        checkpoint (str or None): ``train.init_checkpoint`` value; None is the hub name
+            (``hf://ORG/NAME/PATH``, downloaded on first use).
     """
     args = [
         f"{_TRAIN_NET} --eval-only",
         f"--config-file {entry.config}",
-        f"train.init_checkpoint={checkpoint_dir}/{entry.filename}",
+        f"train.init_checkpoint={checkpoint or entry.hub_name}",
         *evaluation.overrides,
     ]
     return " \\\n  ".join(args)
@@ -66,13 +67,49 @@ def _table(entries: Iterable[Checkpoint]) -> List[str]:
 
 def _evaluation_section(entry: Checkpoint) -> List[str]:
     lines = [f"### {entry.name}", ""]
-    lines.append(f"{entry.family}, {entry.dataset}. Weights: <{entry.url}>")
+    lines.append(f"{entry.family}, {entry.dataset}. Weights: `{entry.hub_name}` (<{entry.url}>)")
     if entry.note:
         lines += ["", entry.note]
     for evaluation in entry.evaluations:
         lines += ["", "```bash", eval_command(entry, evaluation), "```", ""]
         lines.append(f"Prints {_expected(evaluation)} (published).")
     lines.append("")
+    return lines
+
+
+def _pretrained_section() -> List[str]:
+    lines = [
+        "## Pretrained backbones",
+        "",
+        "The EVA-02 recipes (`eva2_mim_to_*`) fine-tune MIM-pretrained backbones. Name one as "
+        "`train.init_checkpoint` and it is downloaded and converted to the detector's layout "
+        "when loaded (patch embedding and position table resized to the config's; the load "
+        "report lists the detector layers it leaves at their initialisation). Either the "
+        "official file (patch 14 resized to 16 by the EVA-02 authors) or the same weights at "
+        "patch 14 under their timm hub name (resized by eva_det's converter, bicubic):",
+        "",
+        "| name | official file | timm hub name |",
+        "|---|---|---|",
+    ]
+    for name, (repo, path, timm_name) in PRETRAINED_BACKBONES.items():
+        lines.append(f"| `{name}` | `hf://{repo}/{path}` | `{timm_name}` |")
+    lines += [
+        "",
+        "```bash",
+        " \\\n  ".join(
+            [
+                f"{_TRAIN_NET} --num-gpus 8",
+                "--config-file projects/ViTDet/configs/eva2_mim_to_coco/"
+                "eva2_coco_cascade_mask_rcnn_vitdet_l_4attn_1024_lrd0p8.py",
+                "train.init_checkpoint=timm/eva02_large_patch14_224.mim_m38m",
+            ]
+        ),
+        "```",
+        "",
+        "The two spellings of a backbone have not been compared number for number: the timm "
+        "file is resized here, the official one by the EVA-02 authors' script.",
+        "",
+    ]
     return lines
 
 
@@ -95,12 +132,34 @@ def render_model_zoo_markdown(entries: Iterable[Checkpoint] = CHECKPOINTS) -> st
         "from eva_det import model_zoo",
         "",
         "print(model_zoo.list_models())",
+        'model = model_zoo.get("eva02_L_coco_bsl")  # downloads the weights once',
         'model = model_zoo.get("eva02_L_coco_bsl", checkpoint="/path/to/eva02_L_coco_bsl.pth")',
         'cfg = model_zoo.get_config("eva02_L_coco_bsl", trained=True)  # config + eval flags',
         "```",
         "",
-        "Without `checkpoint=`, `get` downloads the file from its URL once and caches it "
-        "(detectron2's `PathManager`, under `$FVCORE_CACHE`, default `~/.torch/iopath_cache`).",
+        "## Weights by name",
+        "",
+        "Wherever a checkpoint path goes (`train.init_checkpoint=`, the demo's `--weights`, "
+        "`checkpoint=` above), a name on the Hugging Face hub works too:",
+        "",
+        "- `hf://ORG/NAME/PATH`: file `PATH` of hub repository `ORG/NAME`, e.g. "
+        "`hf://BAAI/EVA/eva_coco_det.pth`; `hf://ORG/NAME@REVISION/PATH` pins a branch, tag "
+        "or commit; `hf://ORG/NAME` alone means the repository's `model.safetensors` (else "
+        "`pytorch_model.bin`);",
+        "- a model-zoo name from the tables below (`eva02_L_coco_bsl`, "
+        "`eva02_L_pt_m38m_p14to16`), or its `https://huggingface.co/.../resolve/...` URL;",
+        "- a timm hub name of an EVA-02 MIM backbone (`timm/eva02_large_patch14_224.mim_m38m`), "
+        "converted on load (see [Pretrained backbones](#pretrained-backbones)).",
+        "",
+        "An existing local file of that name wins. Downloads go through `huggingface_hub`'s "
+        "`hf_hub_download`: one shared cache (`$HF_HOME/hub`, default "
+        "`~/.cache/huggingface/hub`; `HF_HUB_CACHE` moves it), interrupted transfers retried, "
+        "`HF_ENDPOINT=https://your-mirror` for a mirror, `HF_TOKEN` for private repositories, and "
+        "`HF_HUB_OFFLINE=1` to read the cache only. Behind a firewall, fill the cache on a "
+        "machine with access (`hf download BAAI/EVA eva_coco_det.pth`, or "
+        "`hf download Yuxin-CV/EVA-02 eva02/det/eva02_L_coco_bsl.pth`) and copy it over, or "
+        "download the file and pass its path. A name that is neither cached nor downloadable "
+        "stops the run with a message naming the repository, the file and these options.",
         "",
         "## Checkpoints",
         "",
@@ -108,9 +167,12 @@ def render_model_zoo_markdown(entries: Iterable[Checkpoint] = CHECKPOINTS) -> st
         "",
         "## Evaluate a released checkpoint",
         "",
-        "Download the weights, put the datasets under `$DETECTRON2_DATASETS` "
+        "Put the datasets under `$DETECTRON2_DATASETS` "
         "(see [datasets/README.md](../datasets/README.md)) and run the command from the "
-        "repository root, with `/path/to` replaced by the folder holding the file. Add "
+        "repository root (with an installed package, from anywhere: `eva-det-train` is the same "
+        "tool and config paths fall back to the packaged copies). The first run downloads the "
+        "weights into the hub cache; to use a file downloaded by hand, put its path in "
+        "`train.init_checkpoint=` instead of the `hf://` name. Add "
         "`--num-gpus N` to evaluate on N GPUs. Each run prints detectron2's `copypaste:` lines; "
         "the AP named below each command is the published one. Commands with "
         "`train.model_ema.use_ema_weights_for_eval_only=True` evaluate the EMA weights stored "
@@ -127,5 +189,6 @@ def render_model_zoo_markdown(entries: Iterable[Checkpoint] = CHECKPOINTS) -> st
             "",
         ]
         for entry in inits:
-            lines += [f"- `{entry.name}` (<{entry.url}>): {entry.note}", ""]
+            lines += [f"- `{entry.name}` (`{entry.hub_name}`): {entry.note}", ""]
+    lines += _pretrained_section()
     return "\n".join(lines).rstrip("\n") + "\n"

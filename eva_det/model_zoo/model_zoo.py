@@ -5,9 +5,11 @@
     cfg = model_zoo.get_config("eva02_L_coco_bsl", trained=True)   # LazyConfig + eval flags
     model = model_zoo.get("eva02_L_coco_bsl", checkpoint="/data/eva02_L_coco_bsl.pth")
 
-URLs are downloaded once and cached by detectron2's ``PathManager`` (``$FVCORE_CACHE``, default
-``~/.torch/iopath_cache``). Without network access, download the file elsewhere and pass its
-path (``checkpoint=`` here, ``train.init_checkpoint=`` on the command line).
+Weights are downloaded once through the Hugging Face hub client into its shared cache
+(``$HF_HOME/hub``, default ``~/.cache/huggingface/hub``; ``HF_ENDPOINT`` selects a mirror,
+``HF_HUB_OFFLINE=1`` reads the cache only), see :mod:`eva_det.checkpoint.hub`. Without network
+access, fill that cache elsewhere (``hf download REPO FILE``) or pass a downloaded file's path
+(``checkpoint=`` here, ``train.init_checkpoint=`` on the command line).
 """
 
 import difflib
@@ -19,7 +21,8 @@ import torch
 from detectron2.config import instantiate
 from detectron2.utils.file_io import PathManager
 
-from eva_det.config.paths import repo_root
+from eva_det.checkpoint.hub import resolve_weights
+from eva_det.config.paths import config_file
 from eva_det.engine.checks import load_config
 from eva_det.engine.ema import load_checkpoint_for_eval
 from eva_det.errors import InputError
@@ -106,14 +109,21 @@ def get_eval_overrides(name: str, task: Optional[str] = None) -> List[str]:
 
 
 def resolve_checkpoint(path_or_url: str) -> str:
-    """A local file for ``path_or_url``, downloading (and caching) URLs through ``PathManager``.
+    """A local file for a checkpoint path, hub name or URL.
+
+    Hub names (``hf://ORG/NAME/PATH``, ``timm/...``, model-zoo names) and huggingface.co URLs
+    go through the Hugging Face hub client (:mod:`eva_det.checkpoint.hub`: shared cache,
+    ``HF_ENDPOINT`` mirrors, ``HF_HUB_OFFLINE``); other URLs through detectron2's
+    ``PathManager``.
 
     Raises:
-        InputError: the download failed (the message names the URL and how to use a file
-            downloaded elsewhere), or a local path that does not exist.
+        InputError: a hub file that cannot be had (the message names repository, file and
+            fix), another URL's download failed (the message names the URL and how to use a
+            file downloaded elsewhere), or a local path that does not exist.
     """
-    if os.path.isfile(path_or_url):
-        return path_or_url
+    weights = resolve_weights(path_or_url)
+    if weights.hub is not None or os.path.isfile(weights.path):
+        return weights.path
     is_url = "://" in path_or_url
     try:
         local = PathManager.get_local_path(path_or_url)
@@ -131,7 +141,7 @@ def resolve_checkpoint(path_or_url: str) -> str:
         raise InputError(
             f"Checkpoint {path_or_url} not found"
             + (f" (resolved to {local})" if local != path_or_url else "")
-            + ". Pass the path of a downloaded .pth file."
+            + ". Pass the path of a downloaded .pth file or a hub name (hf://ORG/NAME/PATH)."
         )
     return local
 
@@ -148,8 +158,9 @@ def get_config(
     Args:
         name (str): checkpoint name (:func:`list_models`).
         trained (bool): set ``train.init_checkpoint`` to the checkpoint (``checkpoint`` if given,
-            else the download URL); otherwise leave the config's own value.
-        checkpoint (str or None): local path or URL replacing the table's URL.
+            else its hub name ``hf://ORG/NAME/PATH``, downloaded when the model is loaded);
+            otherwise leave the config's own value.
+        checkpoint (str or None): local path, hub name or URL replacing the table's file.
         task (str or None): which official evaluation's flags to apply, see
             :func:`get_eval_overrides`.
         overrides (Sequence[str]): further ``key=value`` overrides, applied last.
@@ -158,15 +169,10 @@ def get_config(
         omegaconf.DictConfig: the loaded config.
     """
     entry = get_checkpoint(name)
-    path = repo_root() / entry.config
-    if not path.is_file():
-        raise InputError(
-            f"Config {entry.config} of checkpoint {name} is missing from {repo_root()}; "
-            "eva_det's configs ship with the source checkout (bash tools/install.sh)."
-        )
+    path = config_file(entry.config)
     opts = get_eval_overrides(name, task)
     if trained:
-        opts.append(f"train.init_checkpoint={checkpoint or entry.url}")
+        opts.append(f"train.init_checkpoint={checkpoint or entry.hub_name}")
     # unknown keys and values of the wrong type are InputErrors naming them
     return load_config(os.fspath(path), opts + list(overrides))
 
@@ -189,25 +195,29 @@ def get(
         name (str): checkpoint name (:func:`list_models`).
         trained (bool): load the released weights; False gives the randomly initialised model.
         device (str): where to put the model.
-        checkpoint (str or None): local file or URL replacing the table's URL.
+        checkpoint (str or None): local file, hub name or URL replacing the table's file.
         task (str or None): which official evaluation's flags to apply.
         overrides (Sequence[str]): further config overrides.
 
     Raises:
-        InputError: an unknown name, a bad override, a missing checkpoint file or a failed
-            download (the message says how to pass a local file); the checkpoint does not fit
-            the model (``overrides`` with
-            ``train.allow_checkpoint_mismatch=True`` loads it anyway) or pickles objects that
-            are not loaded safely (see :mod:`eva_det.checkpoint.safe_load`).
+        InputError: an unknown name, a bad override, a hub file that cannot be had (offline and
+            not cached, unknown file...), a missing checkpoint file or a failed download (the
+            message says how to pass a local file); the checkpoint does not fit the model
+            (``overrides`` with ``train.allow_checkpoint_mismatch=True`` loads it anyway) or
+            pickles objects that are not loaded safely (see :mod:`eva_det.checkpoint.safe_load`).
     """
     cfg = get_config(name, trained=False, task=task, overrides=overrides)
-    local = None
+    init = None
     if trained:
         # Before building the model: a failed download should not cost a 1B-parameter init.
-        local = resolve_checkpoint(checkpoint or get_checkpoint_url(name))
+        source = checkpoint or get_checkpoint(name).hub_name
+        weights = resolve_weights(source)
+        # a hub name stays a name (the checkpointer finds it cached and converts pretrained
+        # backbones); other URLs are replaced by their downloaded file
+        init = source if weights.hub is not None else resolve_checkpoint(source)
     model = instantiate(cfg.model)
     model.to(device)
-    if local is not None:
-        cfg.train.init_checkpoint = local
+    if init is not None:
+        cfg.train.init_checkpoint = init
         load_checkpoint_for_eval(cfg, model)
     return model.eval()

@@ -12,13 +12,17 @@ __all__ = [
     "Evaluation",
     "Checkpoint",
     "CHECKPOINTS",
-    "EVA01_HUB",
-    "EVA02_HUB",
+    "EVA01_REPO",
+    "EVA02_REPO",
+    "PRETRAINED_BACKBONES",
     "checkpoints_by_name",
+    "hub_location",
 ]
 
-EVA01_HUB = "https://huggingface.co/BAAI/EVA/resolve/main"
-EVA02_HUB = "https://huggingface.co/Yuxin-CV/EVA-02/resolve/main/eva02/det"
+# Hugging Face hub repositories of the releases
+EVA01_REPO = "BAAI/EVA"  # <name>.pth at the top
+EVA02_REPO = "Yuxin-CV/EVA-02"  # eva02/det/<name>.pth, MIM backbones in eva02/pt/
+HUB_URL = "https://huggingface.co"
 
 # Evaluation flags of the official commands (config overrides, key=value).
 _SOFT_NMS_EVA01 = (
@@ -67,7 +71,8 @@ class Checkpoint:
     Attributes:
         name (str): model name of the official README (file name without ``.pth``).
         family (str): "EVA-01" or "EVA-02".
-        url (str): download URL (Hugging Face hub).
+        hub_repo (str): Hugging Face hub repository (``ORG/NAME``) holding the file.
+        hub_path (str): the file's path in that repository.
         config (str): LazyConfig file of this repository it belongs to (repository-relative).
         dataset (str): evaluation set of the published numbers ("" if none).
         init (str): the checkpoint it was fine-tuned from.
@@ -80,7 +85,8 @@ class Checkpoint:
 
     name: str
     family: str
-    url: str
+    hub_repo: str
+    hub_path: str
     config: str
     dataset: str
     init: str
@@ -91,20 +97,30 @@ class Checkpoint:
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.hub_path.rsplit("/", 1)[-1]
+
+    @property
+    def hub_name(self) -> str:
+        """``hf://ORG/NAME/PATH``: what ``train.init_checkpoint`` takes to download it."""
+        return f"hf://{self.hub_repo}/{self.hub_path}"
+
+    @property
+    def url(self) -> str:
+        """Download URL on the hub's default branch."""
+        return f"{HUB_URL}/{self.hub_repo}/resolve/main/{self.hub_path}"
 
 
 def _eva01(name, config, dataset, box, mask, evaluations=(), note="", init="eva_o365"):
     return Checkpoint(
-        name, "EVA-01", f"{EVA01_HUB}/{name}.pth", f"{_CFG}/{config}", dataset, init, box, mask,
+        name, "EVA-01", EVA01_REPO, f"{name}.pth", f"{_CFG}/{config}", dataset, init, box, mask,
         tuple(evaluations), note,
     )  # fmt: skip
 
 
 def _eva02(name, config, dataset, init, box, mask, evaluations=(), note=""):
     return Checkpoint(
-        name, "EVA-02", f"{EVA02_HUB}/{name}.pth", f"{_CFG}/{config}", dataset, init, box, mask,
-        tuple(evaluations), note,
+        name, "EVA-02", EVA02_REPO, f"eva02/det/{name}.pth", f"{_CFG}/{config}", dataset, init,
+        box, mask, tuple(evaluations), note,
     )  # fmt: skip
 
 
@@ -290,6 +306,31 @@ CHECKPOINTS: Tuple[Checkpoint, ...] = (
 )
 
 
+#: EVA-02 MIM-pretrained backbones the EVA-02 recipes start from (official layout, patch 14
+#: resized to 16; converted to eva_det's names when loaded): name -> (hub repo, path, the same
+#: weights at patch 14 under their timm hub name).
+PRETRAINED_BACKBONES: Dict[str, Tuple[str, str, str]] = {
+    f"eva02_{size}_pt_{data}_p14to16": (
+        EVA02_REPO, f"eva02/pt/eva02_{size}_pt_{data}_p14to16.pt", f"timm/{timm_name}"
+    )
+    for size, data, timm_name in (
+        ("B", "in21k", "eva02_base_patch14_224.mim_in22k"),
+        ("L", "in21k", "eva02_large_patch14_224.mim_in22k"),
+        ("L", "m38m", "eva02_large_patch14_224.mim_m38m"),
+    )
+}  # fmt: skip
+
+
 def checkpoints_by_name() -> Dict[str, Checkpoint]:
     """``{name: Checkpoint}`` of :data:`CHECKPOINTS`."""
     return {c.name: c for c in CHECKPOINTS}
+
+
+def hub_location(name: str) -> Optional[Tuple[str, str]]:
+    """``(hub repo, path in it)`` of a release or pretrained backbone name, else None."""
+    entry = checkpoints_by_name().get(name)
+    if entry is not None:
+        return entry.hub_repo, entry.hub_path
+    if name in PRETRAINED_BACKBONES:
+        return PRETRAINED_BACKBONES[name][:2]
+    return None

@@ -22,7 +22,7 @@ with an error that names both keys; to test larger scales, raise ``model.backbon
 (which then applies to every scale). With ``square_pad=0`` each scale gets its own token grid,
 and both backbones resize their position tables to it.
 
-:func:`build_tta_model` reads ``test.aug.*`` (defaults in ``configs/common/test.py``).
+:func:`build_tta_model` reads ``test.aug.*`` (defaults in :mod:`eva_det.config.defaults`).
 """
 
 import logging
@@ -275,7 +275,7 @@ class GeneralizedRCNNWithTTA(nn.Module):
 
 
 def tta_settings(cfg) -> dict:
-    """``cfg.test.aug`` merged over the defaults of ``configs/common/test.py``.
+    """``cfg.test.aug`` merged over its defaults (:func:`eva_det.config.defaults.test_defaults`).
 
     Configs without a ``test`` section get the defaults (TTA off), so ``test.aug.enabled=True``
     on the command line works for every config. ``max_size=None`` means the model's
@@ -283,9 +283,9 @@ def tta_settings(cfg) -> dict:
     """
     from omegaconf import OmegaConf
 
-    from eva_det.config import get_config
+    from eva_det.config.defaults import test_defaults
 
-    defaults = OmegaConf.to_container(get_config("common/test.py").test.aug, resolve=True)
+    defaults = test_defaults()["aug"]
     test = cfg.get("test", None)
     given = test.get("aug", None) if test is not None else None
     given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else given
