@@ -76,8 +76,8 @@ model.proposal_generator.head.in_channels = fpn_dim
 # (docs/MAIN_JOB.md has the sweep).
 optimizer.lr = 3e-4
 optimizer.params.lr_factor_func = None
-train.max_iter = 900
-lr_multiplier.scheduler.milestones = [750, 860]
+train.max_iter = 1050  # about 0.49 s each on 2 idle cores: train + eval ~9 min
+lr_multiplier.scheduler.milestones = [875, 1000]
 lr_multiplier.scheduler.num_updates = train.max_iter
 lr_multiplier.warmup_length = 50 / train.max_iter
 train.amp.enabled = False
@@ -87,3 +87,6 @@ train.eval_period = 0
 train.checkpointer.period = 300
 train.checkpointer.max_to_keep = 2
 train.log_period = 20
+# predictions.png: this short run from scratch scores low (the box classifier starts late,
+# docs/MAIN_JOB.md): a val image has 3.9 objects, 0.9 detections >= 0.5 and 3.1 >= 0.4 (seed 0)
+train.pictures.score_thresh = 0.4
