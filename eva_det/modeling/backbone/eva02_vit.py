@@ -30,7 +30,7 @@ from eva_det.errors import InputError
 
 from ...layers.rel_pos_attention import ATTN_IMPLS, check_attn_impl, rel_pos_attention
 from .rope import VisionRotaryEmbedding2D, rope_cos_sin
-from .vit_trunk import ViTTrunk, check_block_indexes, drop_path_rates
+from .vit_trunk import ViTTrunk, build_blocks
 
 __all__ = ["EVA02ViT", "Attention", "SwiGLU", "Block", "ATTN_IMPLS"]
 
@@ -316,11 +316,6 @@ class EVA02ViT(ViTTrunk):
             act_checkpoint_every=act_checkpoint_every,
             out_feature=out_feature,
         )
-        check_block_indexes(
-            depth,
-            window_block_indexes=window_block_indexes,
-            residual_block_indexes=residual_block_indexes,
-        )
         head_dim = embed_dim // num_heads
         self.subln = subln
         self._rope_check_args = (pt_hw_seq_len, intp_freq, head_dim)
@@ -332,23 +327,25 @@ class EVA02ViT(ViTTrunk):
             if rope
             else None
         )
-        dpr = drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.ModuleList(
-            Block(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                drop_path=dpr[i],
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-                window_size=window_size if i in window_block_indexes else 0,
-                use_residual_block=i in residual_block_indexes,
-                rope=self.rope,
-                attn_impl=attn_impl,
-                subln=subln,
-            )
-            for i in range(depth)
+        make_block = partial(
+            Block,
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            rope=self.rope,
+            attn_impl=attn_impl,
+            subln=subln,
+        )
+        self.blocks = build_blocks(
+            make_block,
+            depth,
+            drop_path_rate,
+            window_size,
+            window_block_indexes,
+            residual_block_indexes,
         )
         self.init_weights()
 

@@ -9,6 +9,7 @@ embedding, the block loop with activation checkpointing and the init are
 """
 
 import logging
+from functools import partial
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -26,7 +27,7 @@ from ...layers.rel_pos_attention import (
 )
 from .norm import LayerNormWithForceFP32
 from .rel_pos import decomposed_rel_pos_bias
-from .vit_trunk import ViTTrunk, check_block_indexes, drop_path_rates
+from .vit_trunk import ViTTrunk, build_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -306,33 +307,30 @@ class EVAViT(ViTTrunk):
             act_checkpoint_every=act_checkpoint_every,
             out_feature=out_feature,
         )
-        check_block_indexes(
-            depth,
-            window_block_indexes=window_block_indexes,
-            residual_block_indexes=residual_block_indexes,
+        make_block = partial(
+            Block,
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            use_rel_pos=use_rel_pos,
+            rel_pos_zero_init=rel_pos_zero_init,
+            input_size=(img_size // patch_size, img_size // patch_size),
+            beit_like_qkv_bias=beit_like_qkv_bias,
+            beit_like_gamma=beit_like_gamma,
+            interp_type=interp_type,
+            attn_impl=attn_impl,
+            max_attn_mask_mb=max_attn_mask_mb,
         )
-        dpr = drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.ModuleList(
-            Block(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                drop_path=dpr[i],
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-                use_rel_pos=use_rel_pos,
-                rel_pos_zero_init=rel_pos_zero_init,
-                window_size=window_size if i in window_block_indexes else 0,
-                use_residual_block=i in residual_block_indexes,
-                input_size=(img_size // patch_size, img_size // patch_size),
-                beit_like_qkv_bias=beit_like_qkv_bias,
-                beit_like_gamma=beit_like_gamma,
-                interp_type=interp_type,
-                attn_impl=attn_impl,
-                max_attn_mask_mb=max_attn_mask_mb,
-            )
-            for i in range(depth)
+        self.blocks = build_blocks(
+            make_block,
+            depth,
+            drop_path_rate,
+            window_size,
+            window_block_indexes,
+            residual_block_indexes,
         )
         self.init_weights()
         if freeze_patch_embed:

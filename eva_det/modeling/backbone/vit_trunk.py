@@ -8,7 +8,7 @@ blocks is :class:`ViTTrunk`. Parameter names are those of the official ViTs: ``p
 renames nothing.
 """
 
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from detectron2.modeling.backbone.utils import PatchEmbed, get_abs_pos
 from ...errors import InputError
 from .norm import LayerNormWithForceFP32
 
-__all__ = ["ViTTrunk", "drop_path_rates", "check_block_indexes"]
+__all__ = ["ViTTrunk", "build_blocks", "drop_path_rates", "check_block_indexes"]
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
@@ -38,11 +38,47 @@ def check_block_indexes(depth: int, **indexes: Sequence[int]) -> None:
             )
 
 
+def build_blocks(
+    make_block: Callable[..., nn.Module],
+    depth: int,
+    drop_path_rate: float,
+    window_size: int,
+    window_block_indexes: Sequence[int],
+    residual_block_indexes: Sequence[int],
+) -> nn.ModuleList:
+    """The ViTDet block layout: ``depth`` blocks, windowed or global, with linear stochastic depth.
+
+    Args:
+        make_block (callable): called as ``make_block(drop_path=float, window_size=int,
+            use_residual_block=bool)`` for block 0, 1, ... in order; the backbone binds all its
+            other arguments (e.g. ``functools.partial(Block, dim=..., num_heads=...)``).
+        depth (int): number of blocks.
+        drop_path_rate (float): stochastic depth of the last block (linear from 0 at block 0).
+        window_size (int): window side of the windowed blocks (the others get 0 = global).
+        window_block_indexes (sequence[int]): blocks with window attention.
+        residual_block_indexes (sequence[int]): blocks followed by a residual conv block.
+    """
+    check_block_indexes(
+        depth,
+        window_block_indexes=window_block_indexes,
+        residual_block_indexes=residual_block_indexes,
+    )
+    dpr = drop_path_rates(drop_path_rate, depth)
+    return nn.ModuleList(
+        make_block(
+            drop_path=dpr[i],
+            window_size=window_size if i in window_block_indexes else 0,
+            use_residual_block=i in residual_block_indexes,
+        )
+        for i in range(depth)
+    )
+
+
 class ViTTrunk(Backbone):
     """Everything of a ViTDet backbone but its blocks; subclasses set ``self.blocks``.
 
-    A subclass calls ``super().__init__(...)``, builds ``self.blocks`` (an ``nn.ModuleList`` of
-    modules mapping (B, h, w, C) to (B, h, w, C)), then calls :meth:`init_weights`. In this order
+    A subclass calls ``super().__init__(...)``, builds ``self.blocks`` with :func:`build_blocks`
+    (modules mapping (B, h, w, C) to (B, h, w, C)), then calls :meth:`init_weights`. In this order
     the random draws, the parameter order and the state-dict names equal the official ViTs'.
 
     Args:
