@@ -21,7 +21,6 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 from detectron2.modeling.backbone.vit import ResBottleneckBlock
 from timm.layers import DropPath
 from torch import nn
@@ -30,7 +29,7 @@ from eva_det.errors import InputError
 
 from ...layers.rel_pos_attention import ATTN_IMPLS, check_attn_impl, rel_pos_attention
 from .rope import VisionRotaryEmbedding2D, rope_cos_sin
-from .vit_trunk import ViTTrunk, build_blocks
+from .vit_trunk import ViTTrunk, attend_in_windows, build_blocks
 
 __all__ = ["EVA02ViT", "Attention", "SwiGLU", "Block", "ATTN_IMPLS"]
 
@@ -198,14 +197,7 @@ class Block(nn.Module):
             Tensor: (B, H, W, C).
         """
         shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
-            H, W = x.shape[1], x.shape[2]
-            # (B, H, W, C) -> (B * num_windows, ws, ws, C), zero-padded to multiples of ws
-            x, pad_hw = window_partition(x, self.window_size)
-        x = self.attn(x)
-        if self.window_size > 0:
-            x = window_unpartition(x, self.window_size, pad_hw, (H, W))  # (B, H, W, C)
+        x = attend_in_windows(self.attn, self.norm1(x), self.window_size)  # (B, H, W, C)
         x = shortcut + self.drop_path(x)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if self.use_residual_block:

@@ -15,7 +15,6 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 from detectron2.modeling.backbone.vit import ResBottleneckBlock
 from timm.layers import DropPath, Mlp
 
@@ -27,7 +26,7 @@ from ...layers.rel_pos_attention import (
 )
 from .norm import LayerNormWithForceFP32
 from .rel_pos import decomposed_rel_pos_bias
-from .vit_trunk import ViTTrunk, build_blocks
+from .vit_trunk import ViTTrunk, attend_in_windows, build_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +209,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
         shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
-            H, W = x.shape[1], x.shape[2]
-            # (B * num_windows, ws, ws, C)
-            x, pad_hw = window_partition(x, self.window_size)
-        x = self.attn(x)
-        if self.window_size > 0:
-            x = window_unpartition(x, self.window_size, pad_hw, (H, W))
+        x = attend_in_windows(self.attn, self.norm1(x), self.window_size)
         if self.beit_like_gamma:
             x = shortcut + self.drop_path(self.gamma_1 * x)
             x = x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))

@@ -14,12 +14,42 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from detectron2.modeling.backbone import Backbone
-from detectron2.modeling.backbone.utils import PatchEmbed, get_abs_pos
+from detectron2.modeling.backbone.utils import (
+    PatchEmbed,
+    get_abs_pos,
+    window_partition,
+    window_unpartition,
+)
 
 from ...errors import InputError
 from .norm import LayerNormWithForceFP32
 
-__all__ = ["ViTTrunk", "build_blocks", "drop_path_rates", "check_block_indexes"]
+__all__ = [
+    "ViTTrunk",
+    "attend_in_windows",
+    "build_blocks",
+    "check_block_indexes",
+    "drop_path_rates",
+]
+
+
+def attend_in_windows(attn: nn.Module, x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Apply ``attn`` to each window of ``x`` (zero-padded to multiples of the window), or to the
+    whole grid when ``window_size`` is 0 (a global block).
+
+    Args:
+        attn (nn.Module): maps (b, h, w, C) to (b, h, w, C).
+        x (Tensor): (B, H, W, C) tokens.
+        window_size (int): window side in tokens; 0 = global attention.
+
+    Returns:
+        Tensor: (B, H, W, C).
+    """
+    if window_size == 0:
+        return attn(x)
+    H, W = x.shape[1], x.shape[2]
+    windows, pad_hw = window_partition(x, window_size)  # (B * num_windows, ws, ws, C)
+    return window_unpartition(attn(windows), window_size, pad_hw, (H, W))  # (B, H, W, C)
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
