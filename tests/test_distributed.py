@@ -52,3 +52,22 @@ def test_two_processes_match_one(tmp_path, repo_root, mini_shapes, monkeypatch):
     # rank 0 alone wrote the outputs
     assert os.path.isfile(two / "model_final.pth")
     assert os.path.isfile(two / "log.txt.rank1")  # the second process really ran
+
+
+def test_cpu_processes_share_the_cores(monkeypatch):
+    import torch
+
+    from eva_det.engine.launch import split_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert split_cpu_threads(2) == 2 == torch.get_num_threads()  # 5 cores // 2 processes
+        assert split_cpu_threads(8) == 1 == torch.get_num_threads()  # at least one thread
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
+        torch.set_num_threads(3)
+        assert split_cpu_threads(2) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

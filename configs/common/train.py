@@ -4,6 +4,8 @@ from detectron2 import model_zoo
 
 train = model_zoo.get_config("common/train.py").train
 train.amp.enabled = True
+# on CPU, AMP needs a dtype: None = float32 (amp.enabled has no effect), "bfloat16" = autocast
+train.amp.cpu_dtype = None
 train.ddp.fp16_compression = True
 train.model_ema = dict(
     enabled=False,

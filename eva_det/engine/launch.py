@@ -16,6 +16,7 @@ import socket
 import time
 from urllib.parse import urlparse
 
+import torch
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -33,6 +34,7 @@ __all__ = [
     "DIST_TIMEOUT_ENV",
     "build_parser",
     "main",
+    "split_cpu_threads",
     "run_cli",
     "wait_for_rendezvous",
 ]
@@ -79,6 +81,12 @@ def main(args) -> dict:
         abbrev_name="eva_det",
         enable_propagation=True,
     )
+    if comm.get_world_size() > 1 and not torch.cuda.is_available():
+        logger.info(
+            "%d CPU processes on this machine, %d thread(s) each",
+            comm.get_local_size(),
+            torch.get_num_threads(),
+        )
     if args.config_file != given:
         logger.info(
             "Config %s is not under %s: using eva_det's copy %s",
@@ -98,9 +106,30 @@ def main(args) -> dict:
     return {}
 
 
+def split_cpu_threads(processes: int) -> int:
+    """Give each of ``processes`` CPU training processes on this machine its share of the cores.
+
+    PyTorch starts every process with one thread per core, so N processes on a machine without
+    CUDA would run N times as many threads as there are cores and slow each other down. Unless
+    ``OMP_NUM_THREADS`` is set (then it is respected), each process gets
+    ``cores // processes`` threads (at least 1), where cores are those this process may run on.
+    With CUDA nothing changes.
+
+    Returns:
+        int: the number of intra-op threads this process now uses.
+    """
+    if torch.cuda.is_available() or "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // max(1, processes))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _process_main(args) -> dict:
     """``main`` in one of several processes: bad input and Ctrl-C become exit codes, which
     ``run_cli`` in the launching process turns into its own exit code."""
+    split_cpu_threads(args.num_gpus)
     try:
         with exit_on_input_error(logging.getLogger("eva_det")):
             return main(args)

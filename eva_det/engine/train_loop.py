@@ -18,6 +18,7 @@ from detectron2.utils import comm
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer, checkpoint_options
 from eva_det.data.resumable_loader import build_resumable_train_loader
+from eva_det.errors import InputError
 from eva_det.evaluation.inference import inference_on_dataset  # progress bar, batched paste
 from eva_det.modeling.tta import build_tta_model
 
@@ -85,6 +86,23 @@ def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
     return results
 
 
+def cpu_autocast_dtype(cfg):
+    """``train.amp.cpu_dtype``: None (float32 on CPU, the default) or ``"bfloat16"``.
+
+    Raises:
+        InputError: for any other value (float16 on CPU would need gradient scaling).
+    """
+    value = cfg.train.amp.get("cpu_dtype", None)
+    if value is None or value == "None":
+        return None
+    if value != "bfloat16":
+        raise InputError(
+            f"train.amp.cpu_dtype={value!r}: CPU training supports None (float32) or "
+            f'"bfloat16" (autocast without gradient scaling).'
+        )
+    return torch.bfloat16
+
+
 def do_train(cfg, resume: bool = False, resume_hint: Optional[str] = None) -> None:
     """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations with periodic eval/checkpoints.
 
@@ -107,12 +125,19 @@ def do_train(cfg, resume: bool = False, resume_hint: Optional[str] = None) -> No
     model = create_ddp_model(model, **cfg.train.ddp)
     ema_state = build_model_ema(cfg)  # None unless train.model_ema.enabled
 
-    use_amp = bool(cfg.train.amp.enabled)
+    use_amp, cpu_dtype = bool(cfg.train.amp.enabled), None
     if use_amp and cfg.train.device == "cpu":
-        logger.warning("train.amp.enabled=True has no effect on CPU: training in fp32")
+        cpu_dtype = cpu_autocast_dtype(cfg)
+        if cpu_dtype is None:
+            logger.warning(
+                "train.amp.enabled=True has no effect on CPU unless train.amp.cpu_dtype="
+                "bfloat16: training in fp32"
+            )
+        else:
+            logger.info("Training on CPU under torch.autocast(dtype=%s)", cpu_dtype)
         use_amp = False
     # NaN / inf loss guard before backward; train.clip_grad
-    trainer = build_trainer(cfg, model, train_loader, optim, use_amp)
+    trainer = build_trainer(cfg, model, train_loader, optim, use_amp, cpu_dtype)
     checkpointer = EVACheckpointer(
         model,
         cfg.train.output_dir,

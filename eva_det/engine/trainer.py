@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -216,7 +216,15 @@ class EVATrainer(_GuardedStep, SimpleTrainer):
     """``SimpleTrainer`` with the loss guard and ``train.clip_grad`` (module docstring)."""
 
     def __init__(
-        self, model, data_loader, optimizer, *, clip_grad=None, checkpoint_dir="", **kwargs
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        clip_grad=None,
+        checkpoint_dir="",
+        cpu_autocast_dtype: Optional[torch.dtype] = None,
+        **kwargs,
     ):
         """
         Args:
@@ -225,10 +233,19 @@ class EVATrainer(_GuardedStep, SimpleTrainer):
             clip_grad (dict or None): ``train.clip_grad`` settings (see
                 :func:`clip_grad_config`); None = no clipping.
             checkpoint_dir (str): where ``last_checkpoint`` lives (named in loss errors).
+            cpu_autocast_dtype (torch.dtype or None): run the forward pass under
+                ``torch.autocast("cpu", dtype)`` (``train.amp.cpu_dtype``: bfloat16, which
+                needs no gradient scaling); None = float32.
         """
         super().__init__(model, data_loader, optimizer, **kwargs)
         self.clip_grad = {**CLIP_GRAD_DEFAULTS, **(clip_grad or {})}
         self.checkpoint_dir = checkpoint_dir
+        self.cpu_autocast_dtype = cpu_autocast_dtype
+
+    def _autocast(self):
+        if self.cpu_autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.cpu_autocast_dtype)
 
 
 class EVAAMPTrainer(_GuardedStep, AMPTrainer):
@@ -262,10 +279,14 @@ class EVAAMPTrainer(_GuardedStep, AMPTrainer):
         self.grad_scaler.update()
 
 
-def build_trainer(cfg, model, data_loader, optimizer, use_amp: bool):
-    """The trainer for ``cfg``: :class:`EVAAMPTrainer` if ``use_amp`` else :class:`EVATrainer`."""
+def build_trainer(cfg, model, data_loader, optimizer, use_amp: bool, cpu_autocast_dtype=None):
+    """The trainer for ``cfg``: :class:`EVAAMPTrainer` if ``use_amp`` (CUDA) else
+    :class:`EVATrainer` (float32, or CPU autocast in ``cpu_autocast_dtype``)."""
     kwargs = dict(clip_grad=clip_grad_config(cfg), checkpoint_dir=cfg.train.output_dir)
     if kwargs["clip_grad"]["enabled"]:
         logger.info("Gradient clipping: %s", kwargs["clip_grad"])
-    cls = EVAAMPTrainer if use_amp else EVATrainer
-    return cls(model, data_loader, optimizer, **kwargs)
+    if use_amp:
+        return EVAAMPTrainer(model, data_loader, optimizer, **kwargs)
+    return EVATrainer(
+        model, data_loader, optimizer, cpu_autocast_dtype=cpu_autocast_dtype, **kwargs
+    )
