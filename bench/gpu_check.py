@@ -141,7 +141,7 @@ class Recorder:
         print(json.dumps(kw), flush=True)
 
     def _write(self) -> None:
-        from eva_det.checkpoint.checkpointer import atomic_write_text
+        from eva_det.utils.atomic import atomic_write_text
 
         atomic_write_text(json.dumps(self.data, indent=1), self.path)
 
@@ -619,7 +619,7 @@ def to_markdown(results: dict) -> str:
 
 
 def write_results(results: dict, out_dir: str) -> None:
-    from eva_det.checkpoint.checkpointer import atomic_write_text
+    from eva_det.utils.atomic import atomic_write_text
 
     atomic_write_text(json.dumps(results, indent=1), os.path.join(out_dir, "gpu_check.json"))
     atomic_write_text(to_markdown(results), os.path.join(out_dir, "gpu_check.md"))

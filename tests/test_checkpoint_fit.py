@@ -9,12 +9,13 @@ from omegaconf import OmegaConf
 from shrink import load_config
 from tiny_cli import FAST, isolated_logging, one_thread, train_args
 
-from eva_det.checkpoint.checkpointer import EVACheckpointer, atomic_torch_save
+from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.checkpoint.fit import check_fit
 from eva_det.demo import LazyPredictor
 from eva_det.engine.ema import load_checkpoint_for_eval
 from eva_det.engine.launch import run_cli
 from eva_det.errors import InputError
+from eva_det.utils.atomic import atomic_torch_save
 
 SHAPES = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 

@@ -6,7 +6,8 @@ import torch
 from detectron2.config import instantiate
 from shrink import EVA01_SHRINK, load_config
 
-from eva_det.checkpoint.checkpointer import EVACheckpointer, atomic_torch_save
+from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.utils.atomic import atomic_torch_save
 
 COCO = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py"
 COCO_1536 = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva_1536.py"

@@ -24,6 +24,7 @@ from eva_det.engine.ema import (
     ema_config,
     load_checkpoint_for_eval,
 )
+from eva_det.errors import InputError
 
 
 class Toy(nn.Module):
@@ -99,7 +100,7 @@ def test_ema_device_and_decay_settings():
     settings = ema_config(cfg)
     assert settings["decay"] == 0.9999 and settings["use_ema_weights_for_eval_only"] is False
     assert settings["device"] == ("cuda" if torch.cuda.is_available() else "")
-    with pytest.raises(KeyError, match="decays"):
+    with pytest.raises(InputError, match="decays"):
         ema_config(OmegaConf.create({"train": {"model_ema": {"decays": 0.9}}}))
     assert ema_config(OmegaConf.create({"train": {}}))["enabled"] is False
 

@@ -185,7 +185,7 @@ def test_interrupted_evaluation_rerun_replaces_all_outputs(tmp_path, mini_shapes
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # the next run dies after its predictions are written
-        m.setattr(coco_evaluation, "write_json_atomic", interrupted)
+        m.setattr(coco_evaluation, "atomic_write_json", interrupted)
         with pytest.raises(KeyboardInterrupt):
             _evaluate(out, 0.75)
     # never the new predictions next to the old results

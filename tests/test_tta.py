@@ -16,6 +16,7 @@ from PIL import Image
 from shrink import EVA01_SHRINK, load_config
 from torchvision.ops import batched_nms
 
+from eva_det.errors import InputError
 from eva_det.layers.soft_nms import soft_nms_sequential_reference
 from eva_det.modeling.backbone.eva02_vit import EVA02ViT
 from eva_det.modeling.tta import GeneralizedRCNNWithTTA, build_tta_model, tta_settings
@@ -241,5 +242,5 @@ def test_config_keys_and_defaults():
     with pytest.raises(ValueError, match="model.backbone.square_pad=256"):
         build_tta_model(cfg, model)
     cfg = tiny_cfg(overrides=["test.aug.enabled=True", "test.aug.scales=[1]"])
-    with pytest.raises(KeyError, match="scales"):
+    with pytest.raises(InputError, match="scales"):
         tta_settings(cfg)

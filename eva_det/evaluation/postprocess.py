@@ -18,7 +18,8 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances, ROIMasks
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+
+from eva_det.utils.modules import unwrap_ddp
 
 from .mask_rle import paste_masks_in_image, paste_masks_rle
 
@@ -30,17 +31,13 @@ MASK_FORMATS = ("bitmask", "rle")
 _INDEX_FIELD = "_raw_index"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def supports_fast_postprocess(model) -> bool:
     """True for a ``GeneralizedRCNN`` (maybe DDP-wrapped) with detectron2's forward/postprocess.
 
     Subclasses that override ``forward`` or ``_postprocess`` are not supported: their outputs
     could differ from what :class:`FastRCNNPostprocess` computes.
     """
-    net = _unwrap(model)
+    net = unwrap_ddp(model)
     return (
         isinstance(net, GeneralizedRCNN)
         and type(net).forward is GeneralizedRCNN.forward
@@ -81,7 +78,7 @@ class FastRCNNPostprocess(nn.Module):
         if not supports_fast_postprocess(model):
             raise TypeError(
                 f"FastRCNNPostprocess needs a detectron2 GeneralizedRCNN without a custom forward "
-                f"or _postprocess; got {type(_unwrap(model)).__name__}."
+                f"or _postprocess; got {type(unwrap_ddp(model)).__name__}."
             )
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -94,7 +91,7 @@ class FastRCNNPostprocess(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
         """Inputs and outputs as ``GeneralizedRCNN.forward`` in eval mode (see class docs)."""
-        net = _unwrap(self.model)
+        net = unwrap_ddp(self.model)
         raw = net.inference(batched_inputs, do_postprocess=False)
         outputs = []
         for inst, inp in zip(raw, batched_inputs):

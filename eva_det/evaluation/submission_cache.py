@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 
 from eva_det.checkpoint.hub import resolve_weights
 from eva_det.errors import InputError
+from eva_det.utils.atomic import atomic_write_json
 
-from .coco_evaluation import write_json_atomic
 from .coco_json import instances_to_coco_json
 from .postprocess import top_scoring
 
@@ -155,7 +155,7 @@ class ShardCollector(DatasetEvaluator):
             "num_dropped": self._dropped[k],
             "results": [r for i in ids for r in per_image[i]],
         }
-        write_json_atomic(self._shard_path(k), shard)
+        atomic_write_json(shard, self._shard_path(k))
         self.written.append(k)
         logger.info(f"Wrote shard {k} ({len(ids)} images, {len(shard['results'])} results)")
         if self._on_shard_written is not None:
@@ -196,4 +196,4 @@ def check_manifest(cache_dir: str, manifest: dict) -> None:
                 f"{cache_dir} to start over."
             )
         return
-    write_json_atomic(path, manifest)
+    atomic_write_json(manifest, path)
