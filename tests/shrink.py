@@ -20,6 +20,17 @@ EVA01_SHRINK = [
     "model.proposal_generator.post_nms_topk=[1000,20]",
 ]
 
+# Narrow cascade heads (same module names) so that state dicts are small.
+NARROW_HEADS = ["model.roi_heads.mask_head.conv_dims=[64]"] + [
+    o
+    for k in range(3)
+    for o in (
+        f"model.roi_heads.box_heads.{k}.conv_dims=[64]",
+        f"model.roi_heads.box_heads.{k}.fc_dims=[64]",
+        f"model.roi_heads.box_predictors.{k}.input_shape.channels=64",
+    )
+]
+
 
 def load_config(relpath: str, overrides=()):
     """Load ``relpath`` (relative to the repository) and apply ``key=value`` overrides."""

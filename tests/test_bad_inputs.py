@@ -44,13 +44,9 @@ from shrink import load_config
 from tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.config.load import check_overrides
 from eva_det.data.robust_mapper import RobustDatasetMapper
-from eva_det.engine.checks import (
-    check_datasets,
-    check_init_checkpoint,
-    check_overrides,
-    inspect_coco_json,
-)
+from eva_det.engine.checks import check_datasets, check_init_checkpoint, inspect_coco_json
 from eva_det.engine.launch import main, run_cli, wait_for_rendezvous
 from eva_det.errors import InputError
 

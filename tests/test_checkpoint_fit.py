@@ -200,10 +200,11 @@ def test_model_zoo_refuses_a_checkpoint_of_another_model(tmp_path):
 def test_test_dev_submission_refuses_a_checkpoint_of_another_model(tmp_path):
     from test_submission import CONFIG, TINY
 
-    from eva_det.evaluation.submission import _build_predictor
+    # run_submission builds its model with build_inference_model (tests/test_inference_model.py)
+    from eva_det.engine.build import build_inference_model
 
     small = instantiate(load_config(CONFIG, TINY + ["model.backbone.net.embed_dim=32"]).model)
     path = _save(small, tmp_path / "small.pth")
     cfg = load_config(CONFIG, TINY + [f"train.init_checkpoint={path}"])
     with pytest.raises(InputError, match=f"Checkpoint {path} does not fit the model"):
-        _build_predictor(cfg, max_dets=100)
+        build_inference_model(cfg)

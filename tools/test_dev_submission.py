@@ -26,7 +26,8 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from eva_det.engine.checks import check_dataset, check_init_checkpoint, load_config
+from eva_det.config.load import load_config
+from eva_det.engine.checks import check_dataset, check_init_checkpoint
 from eva_det.errors import exit_on_input_error
 from eva_det.evaluation.submission import DEFAULT_SHARD_SIZE, run_submission
 

@@ -4,7 +4,9 @@
 
 1. lists the test set's images (``cfg.dataloader.test.dataset`` with the dataset name replaced)
    and cuts them into shards of ``shard_size`` images in dataset order;
-2. runs the model from ``cfg`` (weights ``cfg.train.init_checkpoint``) on the images of every
+2. runs the model from ``cfg`` as :func:`eva_det.engine.build.build_inference_model` builds it
+   (weights ``cfg.train.init_checkpoint``, EMA weights, TTA, ``test.amp``,
+   ``test.compile_backbone``) on the images of every
    shard not yet in ``<output_dir>/cache``, with :func:`.inference.inference_on_dataset`
    (progress bar) and the mask-RLE postprocessing of :mod:`.postprocess` (masks of the kept
    detections only, no full-image masks); results use the dataset's category ids, the
@@ -32,6 +34,7 @@ from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from eva_det.engine.build import build_inference_model
 from eva_det.errors import InputError
 
 from .inference import inference_on_dataset
@@ -132,17 +135,9 @@ def _build_loader(cfg, dicts: List[dict]):
     return instantiate(spec)
 
 
-def _build_predictor(cfg, max_dets: int):
-    """The model as ``--eval-only`` evaluates it (EMA weights and test-time augmentation as
-    configured), with the RLE postprocessing when it is a plain ``GeneralizedRCNN``."""
-    from eva_det.engine.ema import load_checkpoint_for_eval
-    from eva_det.engine.train_loop import build_model
-    from eva_det.modeling.tta import build_tta_model
-
-    model = build_model(cfg)
-    model.eval()
-    load_checkpoint_for_eval(cfg, model)
-    model = build_tta_model(cfg, model)
+def _build_predictor(model, max_dets: int):
+    """``model`` (an :class:`~eva_det.engine.build.InferenceModel`'s ``model``) with the RLE
+    postprocessing when it is a plain ``GeneralizedRCNN``."""
     if supports_fast_postprocess(model):
         return FastRCNNPostprocess(model, mask_format="rle", max_dets_per_image=max_dets)
     logger.info(f"{type(model).__name__} is not a plain GeneralizedRCNN: masks encoded one by one.")
@@ -267,13 +262,16 @@ def run_submission(
         collector = ShardCollector(
             todo, shard_path, run_fingerprint, class_to_category, max_dets, on_shard_written
         )
-        inference_on_dataset(
-            _build_predictor(cfg, max_dets),
-            loader,
-            collector,
-            progress=progress,
-            fast_postprocess=False,
-        )
+        # EMA weights, TTA, test.amp and test.compile_backbone as --eval-only runs them
+        built = build_inference_model(cfg)
+        with built.precision():
+            inference_on_dataset(
+                _build_predictor(built.model, max_dets),
+                loader,
+                collector,
+                progress=progress,
+                fast_postprocess=False,
+            )
         report.shards_computed = list(collector.written)
         for k in todo:
             done[k] = load_shard(shard_path(k), run_fingerprint, shards[k])
