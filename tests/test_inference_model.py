@@ -54,11 +54,15 @@ EMA_AMP = [
 ]
 MISSPELLED = "test.amp.enabeld=True"
 # a zoo config shrunk to 128 px with the shapes test settings (its 80 COCO classes kept)
-ZOO_SHRINK = EVA01_SHRINK + NARROW_HEADS + [
-    "model.proposal_generator.post_nms_topk=[500,15]",
-    "model.roi_heads.override_score_thresh=0.0",
-    "train.device=cpu",
-]
+ZOO_SHRINK = (
+    EVA01_SHRINK
+    + NARROW_HEADS
+    + [
+        "model.proposal_generator.post_nms_topk=[500,15]",
+        "model.roi_heads.override_score_thresh=0.0",
+        "train.device=cpu",
+    ]
+)
 TOP = 5  # detections compared per image
 
 

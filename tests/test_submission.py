@@ -20,8 +20,8 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from shrink import EVA01_SHRINK, REPO, load_config
 
-from eva_det.evaluation.submission import run_submission
-from eva_det.evaluation.submission_format import read_zip_results, validate_results
+from eva_det.submission import run_submission
+from eva_det.submission.server import read_zip_results, validate_results
 
 CONFIG = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 TINY = EVA01_SHRINK + [

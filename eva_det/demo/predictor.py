@@ -8,30 +8,18 @@ autocast, ``test.compile_backbone``) and preprocesses each image like the config
 """
 
 import logging
-from typing import Optional
 
 import numpy as np
 import torch
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
 
-from eva_det.data.datasets.coco_json import dataset_names
-from eva_det.data.metadata import dataset_metadata
+from eva_det.data.metadata import dataset_metadata, test_dataset_name
 from eva_det.engine.build import build_inference_model
 
-__all__ = ["LazyPredictor", "test_dataset_name", "set_score_threshold"]
+__all__ = ["LazyPredictor", "set_score_threshold"]
 
 logger = logging.getLogger(__name__)
-
-
-def test_dataset_name(cfg) -> Optional[str]:
-    """The first name in ``cfg.dataloader.test.dataset.names`` (None if the config has none)."""
-    try:
-        names = cfg.dataloader.test.dataset.names
-    except (AttributeError, KeyError):
-        return None
-    names = dataset_names(names)  # a Custom recipe's LazyCall registers the dataset here
-    return names[0] if names else None
 
 
 def set_score_threshold(cfg, threshold: float) -> None:

@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from eva_det.errors import InputError
 from eva_det.utils.atomic import atomic_path
-
-from .visualize import FrameDrawer, draw_instances_with_labels, filter_instances
+from eva_det.utils.visualize import FrameDrawer, draw_instances_with_labels, filter_instances
 
 __all__ = [
     "IMAGE_EXTENSIONS",

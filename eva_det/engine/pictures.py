@@ -110,8 +110,8 @@ def draw_prediction_grid(
         largest drawn image (image size x ``scale``).
         list[list[str]]: the labels drawn on each image, in grid order.
     """
-    from eva_det.demo.predictor import test_dataset_name
-    from eva_det.demo.visualize import draw_instances_with_labels, filter_instances
+    from eva_det.data.metadata import test_dataset_name
+    from eva_det.utils.visualize import draw_instances_with_labels, filter_instances
 
     settings = settings or pictures_config(cfg)
     name = test_dataset_name(cfg)

@@ -209,7 +209,7 @@ class COCOEvaluator(_D2COCOEvaluator):
 
     Same constructor, inputs and outputs as detectron2's class; see the module docstring.
     ``process`` also takes masks already RLE-encoded (``pred_masks_rle``, from
-    ``eva_det.evaluation.postprocess``), which spares encoding full-image masks one by one.
+    ``eva_det.modeling.postprocess``), which spares encoding full-image masks one by one.
     """
 
     accepts_rle_masks = True  # eva_det.evaluation.inference may pass pred_masks_rle

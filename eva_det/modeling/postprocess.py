@@ -1,13 +1,14 @@
-"""detectron2's R-CNN postprocessing with the batched mask paste of :mod:`.mask_rle`.
+"""detectron2's R-CNN postprocessing with the batched mask paste of :mod:`eva_det.layers.mask_rle`.
 
 ``GeneralizedRCNN.forward`` at test time is ``inference(inputs)``: the network, then
 ``detector_postprocess`` per image (rescale and clip boxes to the input's "height"/"width", drop
 empty boxes, paste the (M, M) masks into full-image bitmasks one by one on CPU).
 :class:`FastRCNNPostprocess` runs ``inference(inputs, do_postprocess=False)`` and does the same
 steps, calling detectron2's ``detector_postprocess`` for everything except the masks, which go
-through :func:`.mask_rle.paste_masks_in_image` (same bits, batched) or, with
-``mask_format="rle"``, straight to pycocotools RLE (:func:`.mask_rle.paste_masks_rle`) without
-(H, W) masks. With ``mask_format="bitmask"`` and no cap the outputs equal ``model(inputs)``.
+through :func:`eva_det.layers.mask_rle.paste_masks_in_image` (same bits, batched) or, with
+``mask_format="rle"``, straight to pycocotools RLE
+(:func:`eva_det.layers.mask_rle.paste_masks_rle`) without (H, W) masks. With
+``mask_format="bitmask"`` and no cap the outputs equal ``model(inputs)``.
 """
 
 import logging
@@ -19,9 +20,8 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances, ROIMasks
 from torch import nn
 
+from eva_det.layers.mask_rle import paste_masks_in_image, paste_masks_rle
 from eva_det.utils.modules import unwrap_ddp
-
-from .mask_rle import paste_masks_in_image, paste_masks_rle
 
 __all__ = ["FastRCNNPostprocess", "supports_fast_postprocess", "top_scoring"]
 

@@ -1,4 +1,4 @@
-"""The shard cache of :mod:`.submission`: fingerprints, shard files and the evaluator writing them.
+"""The shard cache of :mod:`.pipeline`: fingerprints, shard files and the evaluator writing them.
 
 ``<output_dir>/cache/manifest.json`` holds the fingerprint of the run (model and test-mapper
 config, checkpoint path / size / mtime, dataset, cap, shard size); ``shard_<k>.json`` holds the
@@ -21,10 +21,9 @@ from omegaconf import OmegaConf
 
 from eva_det.checkpoint.hub import resolve_weights
 from eva_det.errors import InputError
+from eva_det.evaluation.coco_json import instances_to_coco_json
+from eva_det.modeling.postprocess import top_scoring
 from eva_det.utils.atomic import atomic_write_json
-
-from .coco_json import instances_to_coco_json
-from .postprocess import top_scoring
 
 __all__ = ["ShardCollector", "check_manifest", "fingerprint", "instances_to_results", "load_shard"]
 

@@ -6,21 +6,21 @@
    and cuts them into shards of ``shard_size`` images in dataset order;
 2. runs the model from ``cfg`` as :func:`eva_det.engine.build.build_inference_model` builds it
    (weights ``cfg.train.init_checkpoint``, EMA weights, TTA, ``test.amp``,
-   ``test.compile_backbone``) on the images of every
-   shard not yet in ``<output_dir>/cache``, with :func:`.inference.inference_on_dataset`
-   (progress bar) and the mask-RLE postprocessing of :mod:`.postprocess` (masks of the kept
+   ``test.compile_backbone``) on the images of every shard not yet in ``<output_dir>/cache``,
+   with :func:`eva_det.evaluation.inference.inference_on_dataset` (progress bar) and the
+   mask-RLE postprocessing of :mod:`eva_det.modeling.postprocess` (masks of the kept
    detections only, no full-image masks); results use the dataset's category ids, the
    ``max_dets_per_image`` best-scored detections of each image are kept (how many were dropped
    is logged). Each shard is written atomically to ``cache/shard_<k>.json`` as soon as its last
    image is done, so an interrupted run loses at most the shards in progress, and a rerun with
    the same arguments skips every finished shard;
-3. builds the zips of :mod:`.submission_format` from all shards, reads each back and validates it
+3. builds the zips of :mod:`.server` from all shards, reads each back and validates it
    (keys and types, image and category ids of the test set, mask sizes, per-image cap), then logs
    the file sizes. Zips are written atomically.
 
 ``cache/manifest.json`` records a fingerprint of everything that changes the results (model and
 test-mapper config, checkpoint path / size / mtime, dataset, cap, shard size); a rerun with a
-different fingerprint stops with an error instead of mixing results (:mod:`.submission_cache`).
+different fingerprint stops with an error instead of mixing results (:mod:`.cache`).
 """
 
 import json
@@ -36,11 +36,11 @@ from detectron2.utils.file_io import PathManager
 
 from eva_det.engine.build import build_inference_model
 from eva_det.errors import InputError
+from eva_det.evaluation.inference import inference_on_dataset
+from eva_det.modeling.postprocess import FastRCNNPostprocess, supports_fast_postprocess
 
-from .inference import inference_on_dataset
-from .postprocess import FastRCNNPostprocess, supports_fast_postprocess
-from .submission_cache import ShardCollector, check_manifest, fingerprint, load_shard
-from .submission_format import (
+from .cache import ShardCollector, check_manifest, fingerprint, load_shard
+from .server import (
     TASK_KEYS,
     ServerFormat,
     check_alg_name,
