@@ -407,7 +407,8 @@ def section_detector(rec, args):
 def section_soft_nms(rec, args):
     import soft_nms as bench_soft_nms  # bench/soft_nms.py
 
-    from eva_det.layers.soft_nms import batched_soft_nms, soft_nms_sequential_reference
+    from eva_det.layers.soft_nms import batched_soft_nms
+    from eva_det.utils.testing import soft_nms_sequential_reference
 
     proposals, classes = (50, 8) if args.smoke else (1000, 80)
     boxes, scores, idxs = bench_soft_nms.make_case(proposals, classes)

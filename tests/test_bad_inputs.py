@@ -40,8 +40,8 @@ from detectron2.data import (
 )
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
-from shrink import load_config
-from tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
+from helpers.shrink import load_config
+from helpers.tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.config.load import check_overrides

@@ -5,9 +5,9 @@ import logging
 import pytest
 import torch
 from detectron2.config import instantiate
+from helpers.shrink import load_config
+from helpers.tiny_cli import FAST, isolated_logging, one_thread, train_args
 from omegaconf import OmegaConf
-from shrink import load_config
-from tiny_cli import FAST, isolated_logging, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.checkpoint.fit import check_fit
@@ -180,7 +180,8 @@ def test_eval_only_with_another_embed_dim_exits_with_one_message(
 
 
 def test_model_zoo_refuses_a_checkpoint_of_another_model(tmp_path):
-    from test_model_zoo import NARROW_HEADS, shrink
+    from helpers.shrink import NARROW_HEADS
+    from helpers.shrink import zoo_shrink as shrink
 
     from eva_det import model_zoo
 
@@ -198,7 +199,8 @@ def test_model_zoo_refuses_a_checkpoint_of_another_model(tmp_path):
 
 
 def test_test_dev_submission_refuses_a_checkpoint_of_another_model(tmp_path):
-    from test_submission import CONFIG, TINY
+    from helpers.shrink import SHAPES_CONFIG as CONFIG
+    from helpers.shrink import SHAPES_EVAL as TINY
 
     # run_submission builds its model with build_inference_model (tests/test_inference_model.py)
     from eva_det.engine.build import build_inference_model

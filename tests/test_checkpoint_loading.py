@@ -4,7 +4,7 @@ import os
 
 import torch
 from detectron2.config import instantiate
-from shrink import EVA01_SHRINK, load_config
+from helpers.shrink import EVA01_SHRINK, load_config
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.utils.atomic import atomic_torch_save

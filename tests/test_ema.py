@@ -241,7 +241,7 @@ def test_official_style_ema_entries(tmp_path):
 
 
 def test_do_train_saves_ema_and_resume_continues_it(tmp_path, mini_shapes):
-    from test_tta import tiny_cfg
+    from helpers.tta import tiny_cfg
 
     d = 0.5
     cfg = tiny_cfg(

@@ -25,9 +25,9 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 from detectron2.engine import default_argument_parser
+from helpers.shrink import EVA01_SHRINK, REPO, load_config
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from shrink import EVA01_SHRINK, REPO, load_config
 
 from eva_det.engine.launch import main, run_cli
 from eva_det.evaluation import evaluate_predictions_on_lvis

@@ -29,8 +29,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from eva_det.evaluation import COCOEvaluator, LVISEvaluator, limit_dets_per_image
-from eva_det.evaluation.synthetic import make_detections, make_ground_truth
 from eva_det.utils.atomic import atomic_write_json
+from eva_det.utils.testing import make_detections, make_ground_truth
 
 TOL = 1e-6  # on metrics in percent
 

@@ -26,8 +26,8 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from shrink import EVA01_SHRINK, NARROW_HEADS, REPO, load_config
-from tiny_cli import isolated_logging
+from helpers.shrink import EVA01_SHRINK, NARROW_HEADS, REPO, load_config
+from helpers.tiny_cli import isolated_logging
 
 from eva_det import model_zoo
 from eva_det.config.load import load_config as checked_load_config

@@ -20,12 +20,12 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation import inference_on_dataset as d2_inference_on_dataset
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.layers.mask_ops import paste_masks_in_image as d2_paste_masks_in_image
-from shrink import EVA01_SHRINK, load_config
+from helpers.masks import encode_bitmasks
+from helpers.shrink import EVA01_SHRINK, load_config
 
 from eva_det.evaluation import COCOEvaluator
 from eva_det.evaluation.inference import inference_on_dataset
 from eva_det.layers.mask_rle import (
-    encode_bitmasks,
     paste_masks_in_image,
     paste_masks_rle,
     rles_from_crops,

@@ -24,6 +24,8 @@ LAYERS = [
     ["eva_det.evaluation"],
     ["eva_det.engine"],
     ["eva_det.demo", "eva_det.submission", "eva_det.model_zoo"],
+    # references and synthetic data for tests and benches: may use everything, used by nothing
+    ["eva_det.utils.testing"],
 ]
 _RANK = {entry: rank for rank, entries in enumerate(LAYERS) for entry in entries}
 _TOP = {"eva_det", "eva_det.__init__"}  # the package's own __init__ (version only)

@@ -13,9 +13,9 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser
 from detectron2.utils.file_io import PathManager
+from helpers.shrink import NARROW_HEADS, REPO
+from helpers.shrink import zoo_shrink as shrink
 from omegaconf import OmegaConf
-from shrink import EVA01_SHRINK, NARROW_HEADS, REPO
-from test_eva02_configs import EVA02_SHRINK, FAST_HEADS
 
 from eva_det import model_zoo
 from eva_det.checkpoint.hub import parse_hub_name
@@ -30,11 +30,6 @@ EVA02_NAMES = [
     "eva02_L_lvis_sys_o365",
 ]  # fmt: skip
 _ABSENT = object()
-
-
-def shrink(name):
-    family = model_zoo.get_checkpoint(name).family
-    return (EVA01_SHRINK if family == "EVA-01" else EVA02_SHRINK) + FAST_HEADS
 
 
 def test_table_lists_every_release_with_hub_urls_and_existing_configs():

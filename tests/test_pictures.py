@@ -9,8 +9,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
+from helpers.shrink import load_config
 from PIL import Image
-from shrink import load_config
 
 from eva_det.data.metadata import dataset_metadata
 from eva_det.engine.pictures import (

@@ -8,8 +8,8 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluator
+from helpers.shrink import EVA01_SHRINK, load_config
 from omegaconf import OmegaConf
-from shrink import EVA01_SHRINK, load_config
 from torch import nn
 
 from eva_det.engine.precision import (

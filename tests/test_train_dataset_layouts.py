@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-from coco_layout import COCO_USED_IDS, LVIS_USED_IDS, write_coco_layout, write_lvis_layout
-from shrink import REPO, cli_tiny_overrides, load_config
+from helpers.coco_layout import COCO_USED_IDS, LVIS_USED_IDS, write_coco_layout, write_lvis_layout
+from helpers.shrink import REPO, cli_tiny_overrides, load_config
 
 COCO_RECIPE = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py"
 LVIS_RECIPE = "projects/ViTDet/configs/LVIS/cascade_mask_rcnn_vitdet_eva.py"
