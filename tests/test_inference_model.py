@@ -74,6 +74,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The tools set up the detectron2 / fvcore / eva_det loggers; later tests need them back."""
+    with isolated_logging():
+        yield
+
+
 def _named_tensors(model):
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
@@ -167,13 +174,12 @@ def test_builder_applies_ema_amp_and_rejects_misspelled_keys(checkpoint, referen
 def test_eval_only(checkpoint, reference, tmp_path):
     argv = ["--eval-only", "--config-file", os.path.join(REPO, CONFIG), *TINY]
     argv.append(f"train.init_checkpoint={checkpoint}")
-    with isolated_logging():
-        run_cli(argv + [f"train.output_dir={tmp_path}", *EMA_AMP])
-        with open(tmp_path / "coco_instances_results.json") as f:
-            results = json.load(f)
-        _assert_matches(reference, {i: _top_coco(results, i) for i in reference})
-        with pytest.raises(SystemExit) as exit_info:
-            run_cli(argv + [f"train.output_dir={tmp_path / 'bad'}", MISSPELLED])
+    run_cli(argv + [f"train.output_dir={tmp_path}", *EMA_AMP])
+    with open(tmp_path / "coco_instances_results.json") as f:
+        results = json.load(f)
+    _assert_matches(reference, {i: _top_coco(results, i) for i in reference})
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(argv + [f"train.output_dir={tmp_path / 'bad'}", MISSPELLED])
     assert exit_info.value.code == EXIT_BAD_INPUT
 
 
