@@ -444,6 +444,7 @@ def test_demo_on_missing_image_or_weights(tmp_path, repo_root, monkeypatch, capl
     assert not os.path.exists(out)  # nothing written
 
 
+@pytest.mark.slow  # a separate process end to end
 def test_demo_tool_process_prints_one_line_and_exits_2(tmp_path, repo_root):
     image = tmp_path / "missing.jpg"
     argv = ["--config-file", SHAPES, "--input", str(image), "--output", str(tmp_path / "o")]
@@ -566,6 +567,7 @@ def _wait_for_iteration(output_dir, iteration, proc, timeout=600):
     raise TimeoutError(f"no iteration {iteration} after {timeout} s")
 
 
+@pytest.mark.slow  # a separate process end to end
 def test_ctrl_c_stops_training_cleanly_with_the_resume_command(
     tmp_path, repo_root, mini_shapes, monkeypatch, caplog
 ):

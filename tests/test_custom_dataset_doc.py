@@ -93,6 +93,7 @@ def run(workdir, argv) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # trains, evaluates and runs the demo as documented
 def test_documented_train_eval_demo(workdir, monkeypatch):
     commands = doc_commands()
     cfg = load_config(RECIPE)

@@ -21,9 +21,6 @@ from eva_det.data.datasets.shapes import (
 from eva_det.engine.launch import run_cli
 from eva_det.errors import InputError
 
-# trains the CLI end to end
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def shapes_under_env(monkeypatch):

@@ -264,6 +264,7 @@ torch.save(w, sys.argv[0] + ".q.pt")
 """
 
 
+@pytest.mark.slow  # a download through a local mirror with an outage
 def test_mirror_download_survives_an_outage(tmp_path):
     torch.manual_seed(0)
     cfg = model_zoo.get_config("eva02_B_coco_bsl", overrides=TINY_EVA02)

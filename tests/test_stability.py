@@ -20,9 +20,6 @@ from eva_det.engine.trainer import (
 )
 from eva_det.errors import InputError
 
-# trains the CLI end to end
-pytestmark = pytest.mark.slow
-
 W0 = [1.0, -2.0, 3.0]
 
 
