@@ -464,6 +464,7 @@ def test_output_loads_with_detectron2_checkpointer(tmp_path):
         convert_file(str(src_path), str(tmp_path / "x.pkl"))
 
 
+@pytest.mark.slow  # the conversion tool in a separate process
 def test_cli_runs_as_script(tmp_path):
     src_path, out_path = tmp_path / "eva02.pt", tmp_path / "out.pth"
     torch.save({"module": make_eva02_official()}, src_path)

@@ -240,6 +240,7 @@ def test_official_style_ema_entries(tmp_path):
         ema.apply_to(model)
 
 
+@pytest.mark.slow  # trains, saves and resumes
 def test_do_train_saves_ema_and_resume_continues_it(tmp_path, mini_shapes):
     from helpers.tta import tiny_cfg
 

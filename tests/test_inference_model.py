@@ -257,6 +257,7 @@ def test_demo(checkpoint, tmp_path):
     assert exit_info.value.code == EXIT_BAD_INPUT
 
 
+@pytest.mark.slow  # a full-width zoo detector, built four times
 def test_model_zoo(checkpoint):
     """The zoo's entry points with the shapes recipe's own weights file as the checkpoint."""
     name = "eva_coco_seg"  # an EVA-01 Cascade Mask R-CNN; shrunk to the shapes model's shapes

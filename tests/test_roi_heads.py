@@ -89,6 +89,7 @@ def _tiny_model(extra):
     return instantiate(cfg.model).eval()
 
 
+@pytest.mark.slow  # several full-width heads on CPU
 def test_official_eval_flags_change_outputs_as_specified():
     flags = [
         "model.roi_heads.use_soft_nms=True",

@@ -114,6 +114,7 @@ def test_resume_scanning_never_runs_pickled_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # the conversion tool in a separate process
 def test_convert_cli_opt_in(tmp_path):
     """The converter refuses a disallowed class; --unsafe-load-executes-code runs it."""
     from helpers.checkpoints import make_eva01
