@@ -2,10 +2,11 @@
 """Accuracy effect of ``test.amp``: evaluate one checkpoint in fp32 and under autocast.
 
 Runs the config's test set twice with the same weights, fp32 (the official setting) and under
-``test.amp`` (``--dtype``), through eva_det's evaluation path (``inference_on_dataset`` with
-:func:`eva_det.engine.precision.inference_precision`), and prints both AP tables plus how much the
-detections agree: the share of fp32 detections that the autocast run reproduces (same image and
-class, box IoU >= 0.9) and the mean absolute score difference of those pairs.
+``test.amp`` (``--dtype``), through eva_det's evaluation path (the model of
+:func:`eva_det.engine.build.build_inference_model`, ``inference_on_dataset`` under its
+``precision()``), and prints both AP tables plus how much the detections agree: the share of
+fp32 detections that the autocast run reproduces (same image and class, box IoU >= 0.9) and the
+mean absolute score difference of those pairs.
 
     python bench/amp_accuracy.py \\
         --config-file projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py \\
@@ -16,14 +17,14 @@ import argparse
 import sys
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import pairwise_iou
 
 import eva_det.data  # noqa: F401  (registers the shapes datasets)
-from eva_det.engine.ema import load_checkpoint_for_eval
-from eva_det.engine.precision import inference_precision
-from eva_det.engine.train_loop import build_model
+from eva_det.config.load import load_config
+from eva_det.engine.build import build_inference_model
+from eva_det.errors import exit_on_input_error
 from eva_det.evaluation.inference import inference_on_dataset
 
 
@@ -71,19 +72,18 @@ def main() -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     args = parser.parse_args()
     print("# python bench/amp_accuracy.py " + " ".join(sys.argv[1:]))
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    model = build_model(cfg)
-    model.eval()
-    load_checkpoint_for_eval(cfg, model)
+    with exit_on_input_error():  # a misspelled override: one message, exit status 2
+        cfg = load_config(args.config_file, args.opts)
+        model = build_inference_model(cfg)
     results, collected = {}, {}
     for label, enabled in (("fp32", False), (args.dtype, True)):
         cfg.test.amp.enabled = enabled
         cfg.test.amp.dtype = args.dtype
         collect = Collect()
         evaluator = DatasetEvaluators([instantiate(cfg.dataloader.evaluator), collect])
-        with inference_precision(cfg, model):
+        with model.precision():  # reads cfg.test.amp as set above
             results[label] = inference_on_dataset(
-                model, instantiate(cfg.dataloader.test), evaluator, progress=False
+                model.model, instantiate(cfg.dataloader.test), evaluator, progress=False
             )
         collected[label] = collect.outputs
     print(f"{'task':<6} {'metric':<6} {'fp32':>8} {args.dtype:>9}")

@@ -1,6 +1,6 @@
 """Benchmark: pycocotools vs faster-coco-eval COCO scoring, as eva_det's COCOEvaluator runs it.
 
-Builds a synthetic COCO-style set in memory (eva_det.evaluation.synthetic), scores the same
+Builds a synthetic COCO-style set in memory (eva_det.utils.testing), scores the same
 detections with both backends of ``eva_det.evaluation.evaluate_predictions_on_coco`` (results
 loading + evaluate + accumulate + summarize; the ground-truth index is built outside the timer)
 and checks that all 12 summary stats and the full precision table agree.
@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from eva_det.evaluation import coco_api_for_backend, evaluate_predictions_on_coco
-from eva_det.evaluation.synthetic import make_detections, make_ground_truth
+from eva_det.utils.testing import make_detections, make_ground_truth
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 

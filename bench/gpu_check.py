@@ -141,7 +141,7 @@ class Recorder:
         print(json.dumps(kw), flush=True)
 
     def _write(self) -> None:
-        from eva_det.checkpoint.checkpointer import atomic_write_text
+        from eva_det.utils.atomic import atomic_write_text
 
         atomic_write_text(json.dumps(self.data, indent=1), self.path)
 
@@ -407,7 +407,8 @@ def section_detector(rec, args):
 def section_soft_nms(rec, args):
     import soft_nms as bench_soft_nms  # bench/soft_nms.py
 
-    from eva_det.layers.soft_nms import batched_soft_nms, soft_nms_sequential_reference
+    from eva_det.layers.soft_nms import batched_soft_nms
+    from eva_det.utils.testing import soft_nms_sequential_reference
 
     proposals, classes = (50, 8) if args.smoke else (1000, 80)
     boxes, scores, idxs = bench_soft_nms.make_case(proposals, classes)
@@ -619,7 +620,7 @@ def to_markdown(results: dict) -> str:
 
 
 def write_results(results: dict, out_dir: str) -> None:
-    from eva_det.checkpoint.checkpointer import atomic_write_text
+    from eva_det.utils.atomic import atomic_write_text
 
     atomic_write_text(json.dumps(results, indent=1), os.path.join(out_dir, "gpu_check.json"))
     atomic_write_text(to_markdown(results), os.path.join(out_dir, "gpu_check.md"))

@@ -36,7 +36,7 @@ from detectron2.structures import Instances
 
 from eva_det.data.datasets.shapes import ensure_shapes, register_shapes
 from eva_det.evaluation.inference import inference_on_dataset
-from eva_det.evaluation.postprocess import FastRCNNPostprocess
+from eva_det.modeling.postprocess import FastRCNNPostprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"

@@ -1,6 +1,6 @@
 """Benchmark: cost of eva_det's LVIS-api input selection inside ``evaluate_predictions_on_lvis``.
 
-On a synthetic LVIS-style set (eva_det.evaluation.synthetic), times
+On a synthetic LVIS-style set (eva_det.utils.testing), times
 ``evaluate_predictions_on_lvis`` (which first drops zero-area detections / annotations and
 detections of categories unknown for their image, :mod:`eva_det.evaluation.lvis_inputs`), the
 selection alone, and faster-coco-eval's ``lvis_style`` scoring without it (which differs from
@@ -25,7 +25,7 @@ from eva_det.evaluation.lvis_inputs import (
     ground_truth_in_use,
     positive_area,
 )
-from eva_det.evaluation.synthetic import make_detections, make_ground_truth
+from eva_det.utils.testing import make_detections, make_ground_truth
 
 
 def _results(dets, iou_type):

@@ -14,7 +14,8 @@ from typing import Callable, Tuple
 
 import torch
 
-from eva_det.layers.soft_nms import batched_soft_nms, soft_nms_sequential_reference
+from eva_det.layers.soft_nms import batched_soft_nms
+from eva_det.utils.testing import soft_nms_sequential_reference
 
 
 def make_case(

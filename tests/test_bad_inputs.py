@@ -40,17 +40,13 @@ from detectron2.data import (
 )
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
-from shrink import load_config
-from tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
+from helpers.shrink import load_config
+from helpers.tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.config.load import check_overrides
 from eva_det.data.robust_mapper import RobustDatasetMapper
-from eva_det.engine.checks import (
-    check_datasets,
-    check_init_checkpoint,
-    check_overrides,
-    inspect_coco_json,
-)
+from eva_det.engine.checks import check_datasets, check_init_checkpoint, inspect_coco_json
 from eva_det.engine.launch import main, run_cli, wait_for_rendezvous
 from eva_det.errors import InputError
 
@@ -448,6 +444,7 @@ def test_demo_on_missing_image_or_weights(tmp_path, repo_root, monkeypatch, capl
     assert not os.path.exists(out)  # nothing written
 
 
+@pytest.mark.slow  # a separate process end to end
 def test_demo_tool_process_prints_one_line_and_exits_2(tmp_path, repo_root):
     image = tmp_path / "missing.jpg"
     argv = ["--config-file", SHAPES, "--input", str(image), "--output", str(tmp_path / "o")]
@@ -570,6 +567,7 @@ def _wait_for_iteration(output_dir, iteration, proc, timeout=600):
     raise TimeoutError(f"no iteration {iteration} after {timeout} s")
 
 
+@pytest.mark.slow  # a separate process end to end
 def test_ctrl_c_stops_training_cleanly_with_the_resume_command(
     tmp_path, repo_root, mini_shapes, monkeypatch, caplog
 ):

@@ -4,7 +4,7 @@ import importlib.util
 import json
 import os
 
-from shrink import REPO
+from helpers.shrink import REPO
 
 
 def _bench():

@@ -5,16 +5,17 @@ import logging
 import pytest
 import torch
 from detectron2.config import instantiate
+from helpers.shrink import load_config
+from helpers.tiny_cli import FAST, isolated_logging, one_thread, train_args
 from omegaconf import OmegaConf
-from shrink import load_config
-from tiny_cli import FAST, isolated_logging, one_thread, train_args
 
-from eva_det.checkpoint.checkpointer import EVACheckpointer, atomic_torch_save
+from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.checkpoint.fit import check_fit
 from eva_det.demo import LazyPredictor
 from eva_det.engine.ema import load_checkpoint_for_eval
 from eva_det.engine.launch import run_cli
 from eva_det.errors import InputError
+from eva_det.utils.atomic import atomic_torch_save
 
 SHAPES = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 
@@ -179,7 +180,8 @@ def test_eval_only_with_another_embed_dim_exits_with_one_message(
 
 
 def test_model_zoo_refuses_a_checkpoint_of_another_model(tmp_path):
-    from test_model_zoo import NARROW_HEADS, shrink
+    from helpers.shrink import NARROW_HEADS
+    from helpers.shrink import zoo_shrink as shrink
 
     from eva_det import model_zoo
 
@@ -197,12 +199,14 @@ def test_model_zoo_refuses_a_checkpoint_of_another_model(tmp_path):
 
 
 def test_test_dev_submission_refuses_a_checkpoint_of_another_model(tmp_path):
-    from test_submission import CONFIG, TINY
+    from helpers.shrink import SHAPES_CONFIG as CONFIG
+    from helpers.shrink import SHAPES_EVAL as TINY
 
-    from eva_det.evaluation.submission import _build_predictor
+    # run_submission builds its model with build_inference_model (tests/test_inference_model.py)
+    from eva_det.engine.build import build_inference_model
 
     small = instantiate(load_config(CONFIG, TINY + ["model.backbone.net.embed_dim=32"]).model)
     path = _save(small, tmp_path / "small.pth")
     cfg = load_config(CONFIG, TINY + [f"train.init_checkpoint={path}"])
     with pytest.raises(InputError, match=f"Checkpoint {path} does not fit the model"):
-        _build_predictor(cfg, max_dets=100)
+        build_inference_model(cfg)

@@ -2,11 +2,13 @@
 
 import os
 
+import pytest
 import torch
 from detectron2.config import instantiate
-from shrink import EVA01_SHRINK, load_config
+from helpers.shrink import EVA01_SHRINK, load_config
 
-from eva_det.checkpoint.checkpointer import EVACheckpointer, atomic_torch_save
+from eva_det.checkpoint.checkpointer import EVACheckpointer
+from eva_det.utils.atomic import atomic_torch_save
 
 COCO = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py"
 COCO_1536 = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva_1536.py"
@@ -33,6 +35,7 @@ def _load(relpath, path, extra=()):
     return model, ckpt.last_load_report
 
 
+@pytest.mark.slow  # full-width official-layout detectors
 def test_coco_det_checkpoint_loads_into_both_recipes(tmp_path):
     src = _model(COCO)
     path = os.path.join(tmp_path, "eva_coco_det.pth")
@@ -45,6 +48,7 @@ def test_coco_det_checkpoint_loads_into_both_recipes(tmp_path):
             assert torch.equal(model.state_dict()[k], v), k
 
 
+@pytest.mark.slow  # full-width official-layout detectors
 def test_lvis_checkpoint_loads_with_fed_loss_buffers(tmp_path):
     src = _model(LVIS)
     path = os.path.join(tmp_path, "eva_lvis.pth")

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 from detectron2.config import instantiate
-from shrink import REPO, load_config, shrink_overrides
+from helpers.shrink import REPO, load_config, shrink_overrides
 
 PROJECT_CONFIGS = sorted(
     os.path.relpath(p, REPO)

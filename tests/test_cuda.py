@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
-from shrink import EVA01_SHRINK, load_config
+from helpers.shrink import EVA01_SHRINK, load_config
 
 from eva_det.layers.rel_pos_attention import plain_rel_pos_attention, rel_pos_attention
 from eva_det.modeling.backbone.eva02_vit import EVA02ViT

@@ -4,11 +4,11 @@ blocks (eva_det.data.datasets.coco_json, eva_det.config.custom / freeze)."""
 import sys
 
 import pytest
-from coco_layout import write_coco_json
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
-from shrink import load_config
+from helpers.coco_layout import write_coco_json
+from helpers.shrink import load_config
 
 from eva_det.config import vit_lr_factor
 from eva_det.data.datasets import dataset_names, register_coco_json

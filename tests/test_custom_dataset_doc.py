@@ -19,10 +19,10 @@ import sys
 import cv2
 import pytest
 import torch
-from coco_layout import write_coco_json
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.visualizer import Visualizer
-from shrink import HEAD_SHRINK, REPO, cli_tiny_overrides, load_config, shrink_overrides
+from helpers.coco_layout import write_coco_json
+from helpers.shrink import HEAD_SHRINK, REPO, cli_tiny_overrides, load_config, shrink_overrides
 
 DOC = os.path.join(REPO, "docs", "CUSTOM_DATASETS.md")
 RECIPE = "projects/ViTDet/configs/Custom/eva2_custom_cascade_mask_rcnn_vitdet_b_4attn_1024.py"
@@ -93,6 +93,7 @@ def run(workdir, argv) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # trains, evaluates and runs the demo as documented
 def test_documented_train_eval_demo(workdir, monkeypatch):
     commands = doc_commands()
     cfg = load_config(RECIPE)

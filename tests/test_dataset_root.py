@@ -10,7 +10,7 @@ import os
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from tiny_cli import isolated_logging, one_thread, train_args
+from helpers.tiny_cli import isolated_logging, one_thread, train_args
 
 from eva_det.data.datasets.shapes import (
     default_shapes_root,

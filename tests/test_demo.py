@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from shrink import EVA01_SHRINK, REPO, load_config
+from helpers.shrink import EVA01_SHRINK, REPO, load_config
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.demo import LazyPredictor, expand_inputs, filter_instances

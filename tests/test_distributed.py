@@ -18,9 +18,12 @@ loss to ~1e-4 relative, and later iterations (after slightly different updates) 
 import os
 
 import pytest
-from tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
+from helpers.tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 from eva_det.engine.launch import run_cli
+
+# several training processes end to end
+pytestmark = pytest.mark.slow
 
 ITERS = ["train.max_iter=4", "train.checkpointer.period=100"]
 

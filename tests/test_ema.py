@@ -24,6 +24,7 @@ from eva_det.engine.ema import (
     ema_config,
     load_checkpoint_for_eval,
 )
+from eva_det.errors import InputError
 
 
 class Toy(nn.Module):
@@ -99,7 +100,7 @@ def test_ema_device_and_decay_settings():
     settings = ema_config(cfg)
     assert settings["decay"] == 0.9999 and settings["use_ema_weights_for_eval_only"] is False
     assert settings["device"] == ("cuda" if torch.cuda.is_available() else "")
-    with pytest.raises(KeyError, match="decays"):
+    with pytest.raises(InputError, match="decays"):
         ema_config(OmegaConf.create({"train": {"model_ema": {"decays": 0.9}}}))
     assert ema_config(OmegaConf.create({"train": {}}))["enabled"] is False
 
@@ -239,8 +240,9 @@ def test_official_style_ema_entries(tmp_path):
         ema.apply_to(model)
 
 
+@pytest.mark.slow  # trains, saves and resumes
 def test_do_train_saves_ema_and_resume_continues_it(tmp_path, mini_shapes):
-    from test_tta import tiny_cfg
+    from helpers.tta import tiny_cfg
 
     d = 0.5
     cfg = tiny_cfg(

@@ -12,7 +12,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from shrink import load_config
+from helpers.shrink import EVA02_SHRINK, FAST_HEADS, load_config
 
 from eva_det.data.datasets.objects365 import OBJECTS365_CATEGORIES, register_objects365
 from eva_det.modeling.backbone.eva02_vit import EVA02ViT
@@ -38,21 +38,6 @@ O365_COCO = (
 O365_LVIS = (
     f"{CFG}/eva2_o365_to_lvis/eva2_o365_to_lvis_cascade_mask_rcnn_vitdet_l_8attn_1536_lrd0p8.py"
 )
-
-EVA02_SHRINK = [
-    "model.backbone.net.embed_dim=64",
-    "model.backbone.net.depth=4",
-    "model.backbone.net.num_heads=4",
-    "model.backbone.net.img_size=128",
-    "model.backbone.net.window_size=4",
-    "model.backbone.net.window_block_indexes=[0,1,3]",
-    "model.backbone.square_pad=128",
-]
-# Few proposals keep the full-width cascade heads cheap on CPU.
-FAST_HEADS = [
-    "model.proposal_generator.pre_nms_topk=[2000,200]",
-    "model.proposal_generator.post_nms_topk=[1000,20]",
-]
 
 _L8 = [2, 5, 8, 11, 14, 17, 20, 23]
 # path: (embed, depth, heads, window, img/pad, global blocks, drop path, act ckpt, lr,

@@ -14,10 +14,10 @@ import os
 import pytest
 import torch
 from detectron2.config import instantiate
-from shrink import REPO, load_config, shrink_overrides
+from helpers.shrink import REPO, load_config, shrink_overrides
 
 from eva_det.checkpoint import convert_file, convert_pretrained, eva02_model_settings
-from eva_det.engine.checks import load_config as cli_load_config
+from eva_det.config.load import load_config as cli_load_config
 from eva_det.errors import InputError
 from eva_det.modeling.backbone.eva02_vit import EVA02ViT
 

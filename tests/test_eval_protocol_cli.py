@@ -25,9 +25,9 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 from detectron2.engine import default_argument_parser
+from helpers.shrink import EVA01_SHRINK, REPO, load_config
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from shrink import EVA01_SHRINK, REPO, load_config
 
 from eva_det.engine.launch import main, run_cli
 from eva_det.evaluation import evaluate_predictions_on_lvis
@@ -120,6 +120,7 @@ def _pycocotools_ap(json_file, results, iou_type):
     return ev.stats[0] * 100
 
 
+@pytest.mark.slow  # the official evaluation commands end to end
 def test_official_coco_commands(mini_shapes, in_repo, tmp_path):
     ckpt = _checkpoint(tmp_path / "tiny_coco.pth", COCO_CONFIG, COCO_TINY)
     out_box, out_mask = tmp_path / "box", tmp_path / "mask"
@@ -185,6 +186,7 @@ def mini_lvis(mini_shapes, tmp_path):
     MetadataCatalog.remove(name)
 
 
+@pytest.mark.slow  # the official evaluation commands end to end
 def test_official_lvis_command(mini_lvis, in_repo, tmp_path):
     ckpt = _checkpoint(tmp_path / "tiny_lvis.pth", LVIS_CONFIG, LVIS_TINY)
     out = tmp_path / "lvis"

@@ -29,8 +29,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from eva_det.evaluation import COCOEvaluator, LVISEvaluator, limit_dets_per_image
-from eva_det.evaluation.coco_evaluation import write_json_atomic
-from eva_det.evaluation.synthetic import make_detections, make_ground_truth
+from eva_det.utils.atomic import atomic_write_json
+from eva_det.utils.testing import make_detections, make_ground_truth
 
 TOL = 1e-6  # on metrics in percent
 
@@ -368,14 +368,14 @@ def test_coco_rejects_unknown_backend(coco_data, tmp_path):
             COCOEvaluator("eva_det_test_coco_bad", distributed=False, backend="coco_opt")
 
 
-def test_write_json_atomic(tmp_path):
+def test_atomic_write_json(tmp_path):
     path = tmp_path / "sub" / "results.json"
-    write_json_atomic(str(path), [{"a": 1}])
-    write_json_atomic(str(path), [{"a": 2}])
+    atomic_write_json([{"a": 1}], str(path))
+    atomic_write_json([{"a": 2}], str(path))
     with open(path) as f:
         assert json.load(f) == [{"a": 2}]
     with pytest.raises(TypeError):  # not serializable: the previous file survives intact
-        write_json_atomic(str(path), [{"a": object()}])
+        atomic_write_json([{"a": object()}], str(path))
     with open(path) as f:
         assert json.load(f) == [{"a": 2}]
     assert os.listdir(path.parent) == ["results.json"]

@@ -51,6 +51,7 @@ def test_goal_verdicts(gpu_check):
     assert {g["verdict"] for g in smoke} == {"n/a (smoke)"}
 
 
+@pytest.mark.slow  # runs the whole GPU check script (CPU smoke mode)
 def test_smoke_run_writes_every_section(tmp_path, gpu_check):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run(

@@ -16,12 +16,11 @@ import threading
 import pytest
 import torch
 from detectron2.config import instantiate
-from hub_cache import COMMIT, put_in_hub_cache
+from helpers.checkpoints import make_eva02_official, official_to_timm
+from helpers.hub_cache import COMMIT, put_in_hub_cache
+from helpers.shrink import FAST_HEADS, NARROW_HEADS
 from huggingface_hub import constants
 from safetensors.torch import save_file
-from test_convert_pretrained import make_eva02_official, official_to_timm
-from test_eva02_configs import FAST_HEADS
-from test_model_zoo import NARROW_HEADS
 
 from eva_det import model_zoo
 from eva_det.checkpoint import convert_eva02
@@ -265,6 +264,7 @@ torch.save(w, sys.argv[0] + ".q.pt")
 """
 
 
+@pytest.mark.slow  # a download through a local mirror with an outage
 def test_mirror_download_survives_an_outage(tmp_path):
     torch.manual_seed(0)
     cfg = model_zoo.get_config("eva02_B_coco_bsl", overrides=TINY_EVA02)

@@ -2,7 +2,7 @@
 
 * the loop: same evaluator calls, callbacks, timing logs and results as detectron2's
   ``inference_on_dataset``, plus a tqdm bar with images/s on stderr;
-* the batched paste / RLE of :mod:`eva_det.evaluation.mask_rle`: bit- and byte-identical to
+* the batched paste / RLE of :mod:`eva_det.layers.mask_rle`: bit- and byte-identical to
   detectron2's ``paste_masks_in_image`` + pycocotools ``encode``, including the cases that decide
   run boundaries (masks touching the image border, runs crossing columns, saturated masks);
 * :class:`FastRCNNPostprocess`: outputs equal to ``model(inputs)`` field by field.
@@ -20,17 +20,17 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation import inference_on_dataset as d2_inference_on_dataset
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.layers.mask_ops import paste_masks_in_image as d2_paste_masks_in_image
-from shrink import EVA01_SHRINK, load_config
+from helpers.masks import encode_bitmasks
+from helpers.shrink import EVA01_SHRINK, load_config
 
 from eva_det.evaluation import COCOEvaluator
 from eva_det.evaluation.inference import inference_on_dataset
-from eva_det.evaluation.mask_rle import (
-    encode_bitmasks,
+from eva_det.layers.mask_rle import (
     paste_masks_in_image,
     paste_masks_rle,
     rles_from_crops,
 )
-from eva_det.evaluation.postprocess import FastRCNNPostprocess, supports_fast_postprocess
+from eva_det.modeling.postprocess import FastRCNNPostprocess, supports_fast_postprocess
 
 CONFIG = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 TINY = EVA01_SHRINK + [

@@ -13,9 +13,9 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser
 from detectron2.utils.file_io import PathManager
+from helpers.shrink import NARROW_HEADS, REPO
+from helpers.shrink import zoo_shrink as shrink
 from omegaconf import OmegaConf
-from shrink import EVA01_SHRINK, REPO
-from test_eva02_configs import EVA02_SHRINK, FAST_HEADS
 
 from eva_det import model_zoo
 from eva_det.checkpoint.hub import parse_hub_name
@@ -29,22 +29,7 @@ EVA02_NAMES = [
     "eva02_L_in21k_to_o365", "eva02_L_coco_det_sys_o365", "eva02_L_coco_seg_sys_o365",
     "eva02_L_lvis_sys_o365",
 ]  # fmt: skip
-# Narrow cascade heads (same module names) so that state dicts are small.
-NARROW_HEADS = ["model.roi_heads.mask_head.conv_dims=[64]"] + [
-    o
-    for k in range(3)
-    for o in (
-        f"model.roi_heads.box_heads.{k}.conv_dims=[64]",
-        f"model.roi_heads.box_heads.{k}.fc_dims=[64]",
-        f"model.roi_heads.box_predictors.{k}.input_shape.channels=64",
-    )
-]
 _ABSENT = object()
-
-
-def shrink(name):
-    family = model_zoo.get_checkpoint(name).family
-    return (EVA01_SHRINK if family == "EVA-01" else EVA02_SHRINK) + FAST_HEADS
 
 
 def test_table_lists_every_release_with_hub_urls_and_existing_configs():

@@ -9,11 +9,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
+from helpers.shrink import load_config
 from PIL import Image
-from shrink import load_config
 
 from eva_det.data.metadata import dataset_metadata
-from eva_det.demo.visualize import draw_instances_with_labels
 from eva_det.engine.pictures import (
     draw_prediction_grid,
     loss_plot_title,
@@ -22,6 +21,7 @@ from eva_det.engine.pictures import (
     write_pictures,
 )
 from eva_det.errors import InputError
+from eva_det.utils.visualize import draw_instances_with_labels
 
 SHAPES = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 # category ids out of order and not 1..N: contiguous ids follow the sorted ids (3 -> 0, 7 -> 1)

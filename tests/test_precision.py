@@ -8,8 +8,8 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluator
+from helpers.shrink import EVA01_SHRINK, load_config
 from omegaconf import OmegaConf
-from shrink import EVA01_SHRINK, load_config
 from torch import nn
 
 from eva_det.engine.precision import (
@@ -19,6 +19,7 @@ from eva_det.engine.precision import (
     precision_settings,
 )
 from eva_det.engine.train_loop import do_test
+from eva_det.errors import InputError
 
 CONFIG = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 SLOW = os.environ.get("EVA_DET_SLOW_TESTS") == "1"
@@ -38,7 +39,7 @@ def test_settings_defaults_and_overrides():
     with pytest.raises(ValueError, match="test.amp.dtype='int8'"):
         precision_settings(load_config(CONFIG, ["test.amp.dtype=int8"]))
     cfg.test.amp = {"precision": 16}
-    with pytest.raises(KeyError, match="precision"):
+    with pytest.raises(InputError, match="precision"):
         precision_settings(cfg)
 
 

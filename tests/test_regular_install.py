@@ -15,7 +15,10 @@ import sys
 import zipfile
 
 import pytest
-from shrink import REPO
+from helpers.shrink import REPO
+
+# builds and installs a wheel in a fresh environment
+pytestmark = pytest.mark.slow
 
 SOURCES = ("eva_det", "configs", "projects", "pyproject.toml", "setup.py", "MANIFEST.in")
 SOURCES += ("README.md",)  # pyproject's readme
@@ -114,7 +117,8 @@ EVAL_ARGS = [
 
 
 def test_installed_package_runs_from_another_directory(installed, tmp_path):
-    from test_model_zoo import NARROW_HEADS, shrink
+    from helpers.shrink import NARROW_HEADS
+    from helpers.shrink import zoo_shrink as shrink
 
     _, site = installed
     elsewhere = tmp_path / "elsewhere"

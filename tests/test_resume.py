@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
-from tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
+from helpers.tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 import eva_det.evaluation.coco_evaluation as coco_evaluation
 from eva_det.checkpoint.checkpointer import EVACheckpointer
@@ -24,6 +24,9 @@ from eva_det.data.resumable_loader import ResumableTrainingSampler
 from eva_det.engine.launch import run_cli
 from eva_det.errors import InputError
 from eva_det.evaluation import COCOEvaluator
+
+# trains, interrupts and resumes the CLI
+pytestmark = pytest.mark.slow
 
 ITERS = ["train.max_iter=8", "train.checkpointer.period=2"]
 
@@ -185,7 +188,7 @@ def test_interrupted_evaluation_rerun_replaces_all_outputs(tmp_path, mini_shapes
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # the next run dies after its predictions are written
-        m.setattr(coco_evaluation, "write_json_atomic", interrupted)
+        m.setattr(coco_evaluation, "atomic_write_json", interrupted)
         with pytest.raises(KeyboardInterrupt):
             _evaluate(out, 0.75)
     # never the new predictions next to the old results

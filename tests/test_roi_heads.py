@@ -4,10 +4,10 @@ import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.structures import Instances
-from shrink import EVA01_SHRINK, load_config
+from helpers.shrink import EVA01_SHRINK, load_config
 
-from eva_det.layers import soft_nms_sequential_reference
 from eva_det.roi_heads import SoftNMSParams, eva_fast_rcnn_inference, maskness_scores
+from eva_det.utils.testing import soft_nms_sequential_reference
 
 
 def _random_predictions(num_props=40, num_classes=5, seed=0):
@@ -89,6 +89,7 @@ def _tiny_model(extra):
     return instantiate(cfg.model).eval()
 
 
+@pytest.mark.slow  # several full-width heads on CPU
 def test_official_eval_flags_change_outputs_as_specified():
     flags = [
         "model.roi_heads.use_soft_nms=True",

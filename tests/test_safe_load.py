@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from shrink import REPO
+from helpers.shrink import REPO
 
 from eva_det.checkpoint import convert_file
 from eva_det.checkpoint.checkpointer import EVACheckpointer
@@ -114,9 +114,10 @@ def test_resume_scanning_never_runs_pickled_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # the conversion tool in a separate process
 def test_convert_cli_opt_in(tmp_path):
     """The converter refuses a disallowed class; --unsafe-load-executes-code runs it."""
-    from test_convert_pretrained import make_eva01
+    from helpers.checkpoints import make_eva01
 
     marker = tmp_path / "marker"
     src, out = tmp_path / "src.pt", tmp_path / "out.pth"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from eva_det.layers import batched_soft_nms
-from eva_det.layers.soft_nms import soft_nms_sequential_reference
+from eva_det.utils.testing import soft_nms_sequential_reference
 
 METHODS = ("linear", "gaussian", "naive")
 

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 from detectron2.engine import hooks
-from shrink import load_config
-from tiny_cli import isolated_logging, metrics, one_thread, train_args
+from helpers.shrink import load_config
+from helpers.tiny_cli import isolated_logging, metrics, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
 from eva_det.engine.launch import run_cli

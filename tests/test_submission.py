@@ -18,23 +18,13 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from shrink import EVA01_SHRINK, REPO, load_config
+from helpers.shrink import REPO, load_config
+from helpers.shrink import SHAPES_CONFIG as CONFIG
+from helpers.shrink import SHAPES_EVAL as TINY
 
-from eva_det.evaluation.submission import run_submission
-from eva_det.evaluation.submission_format import read_zip_results, validate_results
+from eva_det.submission import run_submission
+from eva_det.submission.server import read_zip_results, validate_results
 
-CONFIG = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
-TINY = EVA01_SHRINK + [
-    "dataloader.test.num_workers=0",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
-    "dataloader.test.mapper.augmentations.0.max_size=128",
-    "model.proposal_generator.post_nms_topk=[500,15]",
-    # EVA's protocol: keep everything, soft-NMS -> up to 75 detections per image here
-    "model.roi_heads.use_soft_nms=True",
-    "model.roi_heads.method=linear",
-    "model.roi_heads.iou_threshold=0.6",
-    "model.roi_heads.override_score_thresh=0.0",
-]
 CAP = 30
 
 

@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-from coco_layout import COCO_USED_IDS, LVIS_USED_IDS, write_coco_layout, write_lvis_layout
-from shrink import REPO, cli_tiny_overrides, load_config
+from helpers.coco_layout import COCO_USED_IDS, LVIS_USED_IDS, write_coco_layout, write_lvis_layout
+from helpers.shrink import REPO, cli_tiny_overrides, load_config
 
 COCO_RECIPE = "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_eva.py"
 LVIS_RECIPE = "projects/ViTDet/configs/LVIS/cascade_mask_rcnn_vitdet_eva.py"
@@ -63,6 +63,7 @@ def check_trained_and_evaluated(output_dir: str, ap_prefixes=("bbox", "segm")) -
     return final
 
 
+@pytest.mark.slow  # trains the CLI on a written dataset layout
 def test_coco_recipe_trains_on_polygons_and_evaluates(tmp_path):
     data = write_coco_layout(str(tmp_path / "datasets"), num_train=4, num_val=3)
     assert all(isinstance(a["segmentation"], list) for a in data["train"]["annotations"])
@@ -83,6 +84,7 @@ def test_coco_recipe_trains_on_polygons_and_evaluates(tmp_path):
     assert set(COCO_USED_IDS) <= {c["id"] for c in data["val"]["categories"]}
 
 
+@pytest.mark.slow  # trains the CLI on a written dataset layout
 def test_lvis_recipe_trains_with_repeat_factors_and_federated_loss(tmp_path):
     root = str(tmp_path / "datasets")
     data = write_lvis_layout(root)
@@ -106,6 +108,7 @@ def test_lvis_recipe_model_has_federated_sigmoid_heads():
     assert cfg.dataloader.train.sampler.repeat_factors.repeat_thresh == 0.001
 
 
+@pytest.mark.slow  # trains the CLI on a written dataset layout
 @pytest.mark.parametrize("recipe", [EVA02_RECIPE])
 def test_eva02_recipe_trains_on_polygons_and_evaluates(tmp_path, recipe):
     root = str(tmp_path / "datasets")

@@ -8,51 +8,18 @@ step-by-step soft-NMS port, then averages the mask-head outputs on the merged bo
 import numpy as np
 import pytest
 import torch
-from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
+from helpers.tta import tiny_cfg
 from PIL import Image
-from shrink import EVA01_SHRINK, load_config
 from torchvision.ops import batched_nms
 
-from eva_det.layers.soft_nms import soft_nms_sequential_reference
-from eva_det.modeling.backbone.eva02_vit import EVA02ViT
+from eva_det.errors import InputError
 from eva_det.modeling.tta import GeneralizedRCNNWithTTA, build_tta_model, tta_settings
+from eva_det.utils.testing import soft_nms_sequential_reference
 
-SHAPES = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
 H, W = 96, 128  # test image
-# fewer proposals at test time keep the CPU passes (and the soft-NMS reference loop) short
-FEW_PROPOSALS = [
-    "model.proposal_generator.pre_nms_topk=[1000,200]",
-    "model.proposal_generator.post_nms_topk=[500,40]",
-]
-
-
-def tiny_cfg(backbone: str = "eva01", square_pad: int = 128, overrides=()):
-    cfg = load_config(SHAPES, list(EVA01_SHRINK) + FEW_PROPOSALS + list(overrides))
-    if backbone == "eva02":
-        cfg.model.backbone.net = L(EVA02ViT)(
-            img_size=128,
-            patch_size=16,
-            embed_dim=64,
-            depth=2,
-            num_heads=4,
-            window_size=4,
-            window_block_indexes=[0],
-            out_feature="last_feat",
-        )
-    cfg.model.backbone.square_pad = square_pad
-    # narrower pyramid and heads (32 channels) than the Shapes config's 128: CPU seconds
-    cfg.model.backbone.out_channels = 32
-    cfg.model.proposal_generator.head.in_channels = 32
-    for head, predictor in zip(cfg.model.roi_heads.box_heads, cfg.model.roi_heads.box_predictors):
-        head.update(conv_dims=[32], fc_dims=[64])
-        head.input_shape.channels = 32
-        predictor.input_shape.channels = 64
-    cfg.model.roi_heads.mask_head.conv_dims = [32, 32]
-    cfg.model.roi_heads.mask_head.input_shape.channels = 32
-    return cfg
 
 
 def tiny_model(backbone="eva01", square_pad=128, **roi_heads):
@@ -241,5 +208,5 @@ def test_config_keys_and_defaults():
     with pytest.raises(ValueError, match="model.backbone.square_pad=256"):
         build_tta_model(cfg, model)
     cfg = tiny_cfg(overrides=["test.aug.enabled=True", "test.aug.scales=[1]"])
-    with pytest.raises(KeyError, match="scales"):
+    with pytest.raises(InputError, match="scales"):
         tta_settings(cfg)

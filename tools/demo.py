@@ -66,9 +66,10 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     """
     from detectron2.utils.logger import setup_logger
 
+    from eva_det.config.load import load_config
     from eva_det.demo import LazyPredictor, expand_inputs, run_demo
     from eva_det.demo.predictor import set_score_threshold
-    from eva_det.engine.checks import check_init_checkpoint, load_config
+    from eva_det.engine.checks import check_init_checkpoint
 
     args, overrides = parse_args(argv)
     setup_logger(name="eva_det", abbrev_name="eva_det", enable_propagation=True)

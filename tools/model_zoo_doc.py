@@ -11,10 +11,10 @@ import os
 import sys
 from typing import List, Optional
 
-from eva_det.checkpoint.checkpointer import atomic_write_text
 from eva_det.config.paths import repo_root
 from eva_det.errors import InputError, exit_on_input_error
 from eva_det.model_zoo import render_model_zoo_markdown
+from eva_det.utils.atomic import atomic_write_text
 
 logger = logging.getLogger("model_zoo_doc")
 

@@ -15,7 +15,7 @@ The mask upload: the same with ``--tasks segm --output-dir out/test-dev-mask`` a
 ``model.roi_heads.maskness_thresh=0.5`` appended (writes ``segm.zip``). LVIS test sets
 (``lvis_v1_test_dev``) get ``segm.zip`` with at most 300 detections per image.
 A rerun with the same arguments resumes from ``<output-dir>/cache``. One process (one GPU).
-All the work is done by :func:`eva_det.evaluation.submission.run_submission`.
+All the work is done by :func:`eva_det.submission.run_submission`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from eva_det.engine.checks import check_dataset, check_init_checkpoint, load_config
+from eva_det.config.load import load_config
+from eva_det.engine.checks import check_dataset, check_init_checkpoint
 from eva_det.errors import exit_on_input_error
-from eva_det.evaluation.submission import DEFAULT_SHARD_SIZE, run_submission
+from eva_det.submission import DEFAULT_SHARD_SIZE, run_submission
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

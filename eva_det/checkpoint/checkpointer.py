@@ -31,7 +31,6 @@ import glob
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import List, Tuple
@@ -40,6 +39,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from eva_det.errors import InputError
+from eva_det.utils.atomic import atomic_torch_save, atomic_write_text
 
 from .convert import convert_for_model
 from .fit import check_fit, module_groups
@@ -49,44 +49,10 @@ from .safe_load import UNSAFE_OPT_IN, load_checkpoint_file
 __all__ = [
     "EVACheckpointer",
     "LoadReport",
-    "atomic_torch_save",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "checkpoint_options",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _atomic_write(path: str, write_fn, mode: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save(obj, path)`` through a temporary file + rename."""
-    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename."""
-    _atomic_write(path, lambda f: f.write(text), "w")
-
-
-def atomic_write_bytes(data: bytes, path: str) -> None:
-    """Write ``data`` (e.g. an encoded PNG) to ``path`` through a temporary file + rename."""
-    _atomic_write(path, lambda f: f.write(data), "wb")
 
 
 @dataclass

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import secrets
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from eva_det.utils.atomic import atomic_torch_save
+from eva_det.utils.modules import unwrap_ddp
 
 from .convert_common import ConversionResult, group_blocks, key_pattern, split_backbone_prefix
 from .convert_eva01 import convert_eva01
@@ -39,7 +40,6 @@ __all__ = [
     "unwrap_state_dict",
     "summarize_dropped",
     "load_checkpoint",
-    "save_atomic",
     "convert_file",
     "is_detector_state_dict",
     "convert_for_model",
@@ -184,25 +184,6 @@ def load_checkpoint(path: str, *, unsafe_load_executes_code: bool = False) -> An
     return load_checkpoint_file(path, unsafe_load_executes_code=unsafe_load_executes_code)
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``.
-
-    A failure at any point leaves no partial file behind and an existing ``path`` untouched.
-    """
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp_path = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp_path, "xb") as f:  # "x": never reuse an existing file; mode follows umask
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-
-
 _DETECTOR_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
 
 
@@ -217,7 +198,7 @@ def _backbone_geometry(model: torch.nn.Module) -> tuple[int, int]:
     Read from the shapes of ``backbone.net.patch_embed.proj.weight`` (C, 3, p, p) and
     ``backbone.net.pos_embed`` (1, [1 +] g*g, C): pretrain image size = g * p.
     """
-    model = getattr(model, "module", model)  # DistributedDataParallel
+    model = unwrap_ddp(model)
     state = model.state_dict()
     weight = state.get("backbone.net.patch_embed.proj.weight")
     pos = state.get("backbone.net.pos_embed")
@@ -284,9 +265,9 @@ def convert_file(
     loads a trusted file that pickles other objects, running its code. The output holds only
     tensors, so it loads safely everywhere afterwards.
 
-    The output is written atomically (:func:`save_atomic`) and can be given to detectron2's
-    ``train.init_checkpoint``. A summary is logged: keys converted and dropped, and each dropped
-    key pattern with its count and reason.
+    The output is written atomically (:func:`eva_det.utils.atomic.atomic_torch_save`) and can
+    be given to detectron2's ``train.init_checkpoint``. A summary is logged: keys converted and
+    dropped, and each dropped key pattern with its count and reason.
 
     Returns:
         ConversionResult: what was written (``state_dict``) and what was left out.
@@ -306,7 +287,7 @@ def convert_file(
         keep_gamma=keep_gamma,
         prefix=prefix,
     )
-    save_atomic({"model": result.state_dict}, output_path)
+    atomic_torch_save({"model": result.state_dict}, output_path)
     logger.info(
         "Wrote %s: %d keys converted, %d source keys dropped.",
         output_path,

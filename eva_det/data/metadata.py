@@ -16,7 +16,7 @@ from typing import Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 
-__all__ = ["dataset_metadata"]
+__all__ = ["dataset_metadata", "test_dataset_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +65,15 @@ def dataset_metadata(name: Optional[str]) -> Metadata:
         meta.thing_dataset_id_to_contiguous_id = {c["id"]: i for i, c in enumerate(categories)}
         logger.info("Dataset %r: %d class names read from %s", name, len(categories), json_file)
     return meta
+
+
+def test_dataset_name(cfg) -> Optional[str]:
+    """The first name in ``cfg.dataloader.test.dataset.names`` (None if the config has none)."""
+    try:
+        names = cfg.dataloader.test.dataset.names
+    except (AttributeError, KeyError):
+        return None
+    from .datasets.coco_json import dataset_names
+
+    names = dataset_names(names)  # a Custom recipe's LazyCall registers the dataset here
+    return names[0] if names else None

@@ -1,6 +1,14 @@
 """Run LazyConfig detectors on images and videos and draw the results (``tools/demo.py``)."""
 
-from .predictor import LazyPredictor, test_dataset_name
+from eva_det.data.metadata import test_dataset_name
+from eva_det.utils.visualize import (
+    FrameDrawer,
+    draw_instances,
+    draw_instances_with_labels,
+    filter_instances,
+)
+
+from .predictor import LazyPredictor
 from .run import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -10,7 +18,6 @@ from .run import (
     run_on_images,
     run_on_video,
 )
-from .visualize import FrameDrawer, draw_instances, draw_instances_with_labels, filter_instances
 
 __all__ = [
     "LazyPredictor",

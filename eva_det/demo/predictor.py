@@ -1,41 +1,25 @@
 """One-image predictor for LazyConfig detectors (detectron2's ``DefaultPredictor``, LazyConfig way).
 
-:class:`LazyPredictor` builds ``cfg.model``, loads ``cfg.train.init_checkpoint`` (through
-:func:`eva_det.engine.ema.load_checkpoint_for_eval`, so EMA weights are used when
-``train.model_ema.use_ema_weights_for_eval_only`` asks for them), preprocesses each image like the
-config's test loader (``cfg.dataloader.test.mapper.augmentations``, channel order
-``cfg.model.input_format``) and runs the model under the config's test options (``test.aug``
-TTA, ``test.amp`` autocast, ``test.compile_backbone``).
+:class:`LazyPredictor` builds the model with :func:`eva_det.engine.build.build_inference_model`
+(weights of ``cfg.train.init_checkpoint``, EMA weights when
+``train.model_ema.use_ema_weights_for_eval_only`` asks for them, ``test.aug`` TTA, ``test.amp``
+autocast, ``test.compile_backbone``) and preprocesses each image like the config's test loader
+(``cfg.dataloader.test.mapper.augmentations``, channel order ``cfg.model.input_format``).
 """
 
 import logging
-from typing import Optional
 
 import numpy as np
 import torch
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
 
-from eva_det.data.datasets.coco_json import dataset_names
-from eva_det.data.metadata import dataset_metadata
-from eva_det.engine.ema import load_checkpoint_for_eval
-from eva_det.engine.precision import inference_precision
-from eva_det.engine.train_loop import resolve_device
-from eva_det.modeling.tta import build_tta_model
+from eva_det.data.metadata import dataset_metadata, test_dataset_name
+from eva_det.engine.build import build_inference_model
 
-__all__ = ["LazyPredictor", "test_dataset_name", "set_score_threshold"]
+__all__ = ["LazyPredictor", "set_score_threshold"]
 
 logger = logging.getLogger(__name__)
-
-
-def test_dataset_name(cfg) -> Optional[str]:
-    """The first name in ``cfg.dataloader.test.dataset.names`` (None if the config has none)."""
-    try:
-        names = cfg.dataloader.test.dataset.names
-    except (AttributeError, KeyError):
-        return None
-    names = dataset_names(names)  # a Custom recipe's LazyCall registers the dataset here
-    return names[0] if names else None
 
 
 def set_score_threshold(cfg, threshold: float) -> None:
@@ -63,7 +47,9 @@ class LazyPredictor:
 
     Attributes:
         cfg: the config the model was built from.
-        model (nn.Module): the detector in eval mode (wrapped for TTA when ``test.aug.enabled``).
+        inference_model (InferenceModel): what runs each image (:mod:`eva_det.engine.build`).
+        detector (nn.Module): the detector in eval mode.
+        model (nn.Module): ``detector``, wrapped for TTA when ``test.aug.enabled``.
         metadata (Metadata): metadata of the first test dataset, with ``thing_classes`` (class
             names for drawing) read from its json if it was registered without them.
         input_format (str): channel order the model expects ("RGB" or "BGR").
@@ -81,18 +67,10 @@ class LazyPredictor:
         import eva_det.data  # noqa: F401  (registers eva_det's datasets, e.g. shapes metadata)
 
         self.cfg = cfg
-        self.device = resolve_device(cfg)
-        model = instantiate(cfg.model)
-        model.to(self.device).eval()
-        if load_weights:
-            if not cfg.train.get("init_checkpoint", ""):
-                logger.warning(
-                    "train.init_checkpoint is empty: the model has random weights. Pass "
-                    "--weights /path/to/model.pth (or train.init_checkpoint=...)."
-                )
-            load_checkpoint_for_eval(cfg, model)
-        self.detector = model
-        self.model = build_tta_model(cfg, model).eval()  # a TTA wrapper starts in train mode
+        self.inference_model = build_inference_model(cfg, load_weights=load_weights)
+        self.device = str(cfg.train.device)  # resolved by the builder (CPU without CUDA)
+        self.detector = self.inference_model.detector
+        self.model = self.inference_model.model
         self.augmentations = T.AugmentationList(
             instantiate(cfg.dataloader.test.mapper.augmentations)
         )
@@ -131,7 +109,5 @@ class LazyPredictor:
             original-image coordinates (``pred_boxes``, ``scores``, ``pred_classes``,
             ``pred_masks`` (N, H, W) bool when the model has a mask head).
         """
-        inputs = self.preprocess(image_bgr)
-        with torch.no_grad(), inference_precision(self.cfg, self.model):
-            outputs = self.model([inputs])[0]
+        outputs = self.inference_model([self.preprocess(image_bgr)])[0]
         return {k: v.to("cpu") if hasattr(v, "to") else v for k, v in outputs.items()}

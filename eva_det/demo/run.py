@@ -6,6 +6,7 @@ relative to the folder when it came from a folder); each video as ``<name>.mp4``
 input's frame rate and size).
 """
 
+import contextlib
 import glob
 import logging
 import os
@@ -16,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from eva_det.errors import InputError
-
-from .visualize import FrameDrawer, draw_instances_with_labels, filter_instances
+from eva_det.utils.atomic import atomic_path
+from eva_det.utils.visualize import FrameDrawer, draw_instances_with_labels, filter_instances
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -119,24 +120,12 @@ def expand_inputs(inputs: Sequence[str], output_dir: str) -> List[DemoItem]:
     return unique
 
 
-def _temp_path(path: str) -> str:
-    """A hidden sibling of ``path`` with the same extension (codecs pick formats by it)."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{os.getpid()}.partial.{name}")
-
-
 def _write_image(path: str, image_bgr: np.ndarray) -> None:
     import cv2
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+    with atomic_path(path) as tmp:  # same extension: OpenCV picks the encoder by it
         if not cv2.imwrite(tmp, image_bgr):
             raise OSError(f"could not write {path} (OpenCV has no encoder for its extension)")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run_on_images(
@@ -195,15 +184,15 @@ def run_on_video(predictor: Callable, item: DemoItem, threshold: float, metadata
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    os.makedirs(os.path.dirname(os.path.abspath(item.output)), exist_ok=True)
-    tmp = _temp_path(item.output)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        capture.release()
-        raise OSError(f"could not open a video writer for {item.output} (mp4v codec)")
     draw = FrameDrawer(metadata)
     frames = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(capture.release)
+        tmp = stack.enter_context(atomic_path(item.output))
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        stack.callback(writer.release)
+        if not writer.isOpened():
+            raise OSError(f"could not open a video writer for {item.output} (mp4v codec)")
         with tqdm(total=total, desc=os.path.basename(item.path), unit="frame") as bar:
             while True:
                 ok, frame_bgr = capture.read()
@@ -217,12 +206,6 @@ def run_on_video(predictor: Callable, item: DemoItem, threshold: float, metadata
         writer.release()
         if frames == 0:
             raise InputError(f"--input {item.path}: no frame could be decoded; check the file.")
-        os.replace(tmp, item.output)
-    finally:
-        capture.release()
-        writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
     logger.info("%s: %d frames -> %s", item.path, frames, item.output)
     return frames
 

@@ -31,11 +31,13 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 from detectron2.engine import HookBase
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer, checkpoint_options
+from eva_det.utils.modules import unwrap_ddp
+from eva_det.utils.sections import read_section
 
 __all__ = [
+    "EMA_DEFAULTS",
     "EMAState",
     "EMAHook",
     "ema_config",
@@ -49,16 +51,13 @@ logger = logging.getLogger(__name__)
 #: Checkpointable name of the EMA in checkpoints (official name).
 EMA_KEY = "ema_state"
 
-_DEFAULTS = dict(enabled=False, decay=0.9999, device="", use_ema_weights_for_eval_only=False)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+#: Defaults of ``train.model_ema`` (the official values; ``configs/common/train.py`` uses them).
+EMA_DEFAULTS = dict(enabled=False, decay=0.9999, device="", use_ema_weights_for_eval_only=False)
 
 
 def _named_tensors(model: nn.Module) -> Iterator[Tuple[str, torch.Tensor]]:
     """Parameters then buffers of the DDP-unwrapped ``model`` (shared tensors listed once)."""
-    model = _unwrap(model)
+    model = unwrap_ddp(model)
     yield from model.named_parameters()
     yield from model.named_buffers()
 
@@ -143,7 +142,7 @@ class EMAState:
         Raises:
             KeyError: if parameters are missing; the message lists some of them.
         """
-        model = _unwrap(model)
+        model = unwrap_ddp(model)
         param_names = {n for n, _ in model.named_parameters()}
         missing_params, missing_buffers, used = [], [], set()
         for name, target in _named_tensors(model):
@@ -221,7 +220,7 @@ class EMAHook(HookBase):
         """
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"train.model_ema.decay must be in [0, 1], got {decay}")
-        self.model = _unwrap(model)
+        self.model = unwrap_ddp(model)
         self.ema = ema
         self.decay = float(decay)
         self.device = device
@@ -259,12 +258,11 @@ def ema_config(cfg) -> dict:
     """``cfg.train.model_ema`` as a plain dict, with the official defaults for absent keys.
 
     ``device`` is "" when it names CUDA on a machine without it.
+
+    Raises:
+        InputError: an unknown ``train.model_ema`` key.
     """
-    given = cfg.train.get("model_ema", None) or {}
-    unknown = sorted(set(given) - set(_DEFAULTS))
-    if unknown:
-        raise KeyError(f"Unknown train.model_ema keys {unknown}; known: {sorted(_DEFAULTS)}")
-    out = {**_DEFAULTS, **{k: given[k] for k in given}}
+    out = read_section(cfg, "train.model_ema", EMA_DEFAULTS)
     out["device"] = _resolve_ema_device(str(out["device"] or ""))
     return out
 

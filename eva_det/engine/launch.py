@@ -22,12 +22,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
+from eva_det.config.load import find_config_file, load_config
 from eva_det.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, exit_on_input_error
 
-from .checks import check_inputs, explain_dataset_errors, find_config_file, load_config
-from .ema import load_checkpoint_for_eval
+from .build import build_inference_model
+from .checks import check_inputs, explain_dataset_errors
 from .interrupt import TrainingInterrupted, resume_command
-from .train_loop import build_model, do_test, do_train
+from .train_loop import do_test, do_train
 
 __all__ = [
     "DEFAULT_DIST_TIMEOUT",
@@ -96,12 +97,9 @@ def main(args) -> dict:
         )
     with explain_dataset_errors(cfg, eval_only=args.eval_only):  # unknown ids, empty datasets
         if args.eval_only:
-            model = build_model(cfg)
-            model.eval()
             # raw weights, or the checkpoint's EMA with
-            # train.model_ema.use_ema_weights_for_eval_only
-            load_checkpoint_for_eval(cfg, model)
-            return do_test(cfg, model)
+            # train.model_ema.use_ema_weights_for_eval_only; do_test adds TTA / test.amp
+            return do_test(cfg, build_inference_model(cfg).detector)
         do_train(cfg, resume=args.resume, resume_hint=getattr(args, "resume_hint", None))
     return {}
 

@@ -34,9 +34,11 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from eva_det.checkpoint.checkpointer import atomic_write_bytes
 from eva_det.data.metadata import dataset_metadata
 from eva_det.errors import InputError
+from eva_det.utils.atomic import atomic_write_bytes
+from eva_det.utils.modules import unwrap_ddp
+from eva_det.utils.sections import read_section
 
 __all__ = [
     "LOSSES_FILE",
@@ -59,13 +61,7 @@ LOSSES_FILE = "losses.png"
 
 def pictures_config(cfg) -> dict:
     """``cfg.train.pictures`` as a validated dict, defaults for absent keys."""
-    given = cfg.train.get("pictures", None) or {}
-    unknown = sorted(set(given) - set(PICTURES_DEFAULTS))
-    if unknown:
-        raise InputError(
-            f"Unknown train.pictures keys {unknown}; known: {sorted(PICTURES_DEFAULTS)}."
-        )
-    out = {**PICTURES_DEFAULTS, **{k: given[k] for k in given}}
+    out = read_section(cfg, "train.pictures", PICTURES_DEFAULTS)
     for key in ("num_images", "columns"):
         if int(out[key]) < 1:
             raise InputError(f"train.pictures.{key}={out[key]} must be >= 1.")
@@ -114,8 +110,8 @@ def draw_prediction_grid(
         largest drawn image (image size x ``scale``).
         list[list[str]]: the labels drawn on each image, in grid order.
     """
-    from eva_det.demo.predictor import test_dataset_name
-    from eva_det.demo.visualize import draw_instances_with_labels, filter_instances
+    from eva_det.data.metadata import test_dataset_name
+    from eva_det.utils.visualize import draw_instances_with_labels, filter_instances
 
     settings = settings or pictures_config(cfg)
     name = test_dataset_name(cfg)
@@ -126,7 +122,7 @@ def draw_prediction_grid(
         raise InputError(f"Dataset {name!r} has no images to draw.")
     metadata = dataset_metadata(name)
     mapper = instantiate(cfg.dataloader.test.mapper)
-    detector = model.module if hasattr(model, "module") else model
+    detector = unwrap_ddp(model)
     was_training = detector.training
     drawings, labels = [], []
     detector.eval()

@@ -39,7 +39,9 @@ from typing import ContextManager, Iterator, Optional
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+
+from eva_det.utils.modules import unwrap_ddp
+from eva_det.utils.sections import read_section
 
 __all__ = [
     "AMP_DTYPES",
@@ -65,25 +67,16 @@ def precision_settings(cfg) -> dict:
         dict: ``{"amp": {"enabled": bool, "dtype": str}, "compile_backbone": bool}``.
 
     Raises:
-        KeyError: an unknown ``test.amp`` key.
+        InputError: an unknown ``test.amp`` key.
         ValueError: an unknown ``test.amp.dtype``.
     """
-    from omegaconf import OmegaConf
-
     from eva_det.config.defaults import test_defaults
 
     defaults = test_defaults()
-    amp = dict(defaults["amp"])
-    compile_backbone = bool(defaults["compile_backbone"])
+    amp = read_section(cfg, "test.amp", defaults["amp"])
     test = cfg.get("test", None)
+    compile_backbone = bool(defaults["compile_backbone"])
     if test is not None:
-        given = test.get("amp", None)
-        given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else given
-        given = dict(given or {})
-        unknown = sorted(set(given) - set(amp))
-        if unknown:
-            raise KeyError(f"Unknown test.amp keys {unknown}; known: {sorted(amp)}")
-        amp.update(given)
         compile_backbone = bool(test.get("compile_backbone", compile_backbone))
     amp["enabled"] = bool(amp["enabled"])
     if amp["dtype"] not in AMP_DTYPES:
@@ -123,8 +116,8 @@ def _detector(model: nn.Module) -> nn.Module:
     """The module holding ``backbone``: unwraps DDP and wrappers with ``.model`` (e.g. TTA)."""
     seen = model
     while not hasattr(seen, "backbone"):
-        if isinstance(seen, DistributedDataParallel):
-            seen = seen.module
+        if unwrap_ddp(seen) is not seen:
+            seen = unwrap_ddp(seen)
         elif isinstance(getattr(seen, "model", None), nn.Module):
             seen = seen.model
         else:

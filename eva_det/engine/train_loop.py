@@ -10,7 +10,6 @@ import logging
 import time
 from typing import Optional
 
-import torch
 from detectron2.config import instantiate
 from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import print_csv_format
@@ -20,56 +19,37 @@ from eva_det.checkpoint.checkpointer import EVACheckpointer, checkpoint_options
 from eva_det.data.resumable_loader import build_resumable_train_loader
 from eva_det.errors import InputError
 from eva_det.evaluation.inference import inference_on_dataset  # progress bar, batched paste
-from eva_det.modeling.tta import build_tta_model
 
+from .build import InferenceModel, build_model
 from .ema import EMA_KEY, EMAHook, EMAState, apply_ema_weights, build_model_ema
 from .interrupt import StopOnInterrupt, resume_command
 from .pictures import PicturesHook, pictures_config
-from .precision import inference_precision
 from .trainer import build_trainer, create_ddp_model
 
-__all__ = ["resolve_device", "build_model", "do_test", "do_train"]
+__all__ = ["do_test", "do_train"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(cfg) -> str:
-    """``cfg.train.device``, falling back to CPU (with a warning) when CUDA is unavailable."""
-    device = str(cfg.train.get("device", "cuda"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("train.device=%s but CUDA is not available: running on CPU", device)
-        device = "cpu"
-    cfg.train.device = device
-    return device
-
-
-def build_model(cfg) -> torch.nn.Module:
-    """Instantiate ``cfg.model`` on the configured device."""
-    model = instantiate(cfg.model)
-    model.to(resolve_device(cfg))
-    return model
 
 
 def do_test(cfg, model, ema_state: Optional[EMAState] = None) -> Optional[dict]:
     """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
 
-    With ``test.aug.enabled`` the model runs under test-time augmentation
-    (:func:`eva_det.modeling.tta.build_tta_model`). With ``ema_state`` (training with
-    ``train.model_ema.enabled``) it is evaluated again with the EMA weights swapped in; those
-    results come back under the key ``"ema"`` (e.g. ``ema/bbox/AP`` in metrics.json).
-    ``test.amp`` / ``test.compile_backbone`` select autocast and a compiled ViT
-    (:mod:`eva_det.engine.precision`).
+    The model runs as :class:`eva_det.engine.build.InferenceModel` wraps it: test-time
+    augmentation with ``test.aug.enabled``, ``test.amp`` / ``test.compile_backbone``. With
+    ``ema_state`` (training with ``train.model_ema.enabled``) it is evaluated again with the EMA
+    weights swapped in; those results come back under the key ``"ema"`` (e.g. ``ema/bbox/AP``
+    in metrics.json).
     """
     if "evaluator" not in cfg.dataloader:
         return None
-    eval_model = build_tta_model(cfg, model)
+    eval_model = InferenceModel(cfg, model)
 
     def evaluate() -> dict:
         start = time.perf_counter()
         loader = instantiate(cfg.dataloader.test)
         evaluator = instantiate(cfg.dataloader.evaluator)
-        with inference_precision(cfg, eval_model):  # test.amp, test.compile_backbone
-            results = inference_on_dataset(eval_model, loader, evaluator)
+        with eval_model.precision():  # test.amp, test.compile_backbone
+            results = inference_on_dataset(eval_model.model, loader, evaluator)
         # parsed by bench/shapes_main_job.py
         logger.info("Evaluation took %.2f s (inference and scoring)", time.perf_counter() - start)
         if comm.is_main_process() and results:

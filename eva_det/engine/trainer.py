@@ -35,6 +35,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from eva_det.errors import InputError
+from eva_det.utils.sections import read_section
 
 from .interrupt import sigint_blocked
 
@@ -59,13 +60,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def clip_grad_config(cfg) -> dict:
     """``cfg.train.clip_grad`` as a validated dict, defaults for absent keys."""
-    given = cfg.train.get("clip_grad", None) or {}
-    unknown = sorted(set(given) - set(CLIP_GRAD_DEFAULTS))
-    if unknown:
-        raise InputError(
-            f"Unknown train.clip_grad keys {unknown}; known: {sorted(CLIP_GRAD_DEFAULTS)}."
-        )
-    out = {**CLIP_GRAD_DEFAULTS, **{k: given[k] for k in given}}
+    out = read_section(cfg, "train.clip_grad", CLIP_GRAD_DEFAULTS)
     if out["clip_type"] not in ("norm", "value"):
         raise InputError(f"train.clip_grad.clip_type={out['clip_type']!r}: use 'norm' or 'value'.")
     if not float(out["clip_value"]) > 0:

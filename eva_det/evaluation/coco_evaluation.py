@@ -22,10 +22,8 @@ import contextlib
 import copy
 import io
 import itertools
-import json
 import logging
 import os
-import uuid
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -33,9 +31,9 @@ import numpy as np
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 
-from eva_det.checkpoint.checkpointer import atomic_torch_save
+from eva_det.utils.atomic import atomic_torch_save, atomic_write_json
+from eva_det.utils.categories import class_to_category_ids
 
 from .coco_json import prediction_from_output
 
@@ -44,36 +42,11 @@ __all__ = [
     "COCOEvaluator",
     "coco_api_for_backend",
     "evaluate_predictions_on_coco",
-    "write_json_atomic",
 ]
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and a rename.
-
-    Readers see either the previous file or the complete new one, never a partial write.
-
-    Args:
-        path (str): destination file (local filesystem); its folder is created if missing.
-        obj: anything ``json.dump`` accepts.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    PathManager.mkdirs(folder)
-    tmp_path = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp_path, "x") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def gather_predictions(evaluator) -> Optional[list]:
@@ -236,7 +209,7 @@ class COCOEvaluator(_D2COCOEvaluator):
 
     Same constructor, inputs and outputs as detectron2's class; see the module docstring.
     ``process`` also takes masks already RLE-encoded (``pred_masks_rle``, from
-    ``eva_det.evaluation.postprocess``), which spares encoding full-image masks one by one.
+    ``eva_det.modeling.postprocess``), which spares encoding full-image masks one by one.
     """
 
     accepts_rle_masks = True  # eva_det.evaluation.inference may pass pred_masks_rle
@@ -299,16 +272,10 @@ class COCOEvaluator(_D2COCOEvaluator):
 
     def _unmap_category_ids(self, coco_results: List[Dict[str, Any]]) -> None:
         """Replace contiguous class ids (model outputs) by dataset category ids, in place."""
-        mapping = self._metadata.get("thing_dataset_id_to_contiguous_id")
-        if mapping is None:
+        reverse_mapping = class_to_category_ids(self._metadata, lvis_fallback=False)
+        if reverse_mapping is None:
             return
-        num_classes = len(mapping)
-        if sorted(mapping.values()) != list(range(num_classes)):
-            raise ValueError(
-                f"thing_dataset_id_to_contiguous_id of {self._metadata.name!r} must map onto "
-                f"0..{num_classes - 1}, got values {sorted(mapping.values())}."
-            )
-        reverse_mapping = {v: k for k, v in mapping.items()}
+        num_classes = len(reverse_mapping)
         for result in coco_results:
             category_id = result["category_id"]
             if not 0 <= category_id < num_classes:
@@ -344,7 +311,7 @@ class COCOEvaluator(_D2COCOEvaluator):
         if self._output_dir:
             file_path = os.path.join(self._output_dir, "coco_instances_results.json")
             self._logger.info(f"Saving results to {file_path}")
-            write_json_atomic(file_path, coco_results)
+            atomic_write_json(coco_results, file_path)
 
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")

@@ -1,9 +1,9 @@
 """``Instances`` -> COCO results json, accepting masks already RLE-encoded.
 
 detectron2's ``instances_to_coco_json`` encodes every (H, W) mask in ``pred_masks`` with
-pycocotools. :class:`.postprocess.FastRCNNPostprocess` with ``mask_format="rle"`` outputs the
-same RLEs directly, in ``pred_masks_rle``; :func:`instances_to_coco_json` takes them as they are
-and gives detectron2's output otherwise.
+pycocotools. :class:`eva_det.modeling.postprocess.FastRCNNPostprocess` with ``mask_format="rle"``
+outputs the same RLEs directly, in ``pred_masks_rle``; :func:`instances_to_coco_json` takes them as
+they are and gives detectron2's output otherwise.
 """
 
 from typing import List

@@ -7,12 +7,13 @@ time" lines that scripts grep for) and the same return value. In addition:
 
 * the main process shows a tqdm bar with images/s and ETA (``progress``);
 * ``fast_postprocess=True`` (default) runs a detectron2 ``GeneralizedRCNN`` through
-  :class:`.postprocess.FastRCNNPostprocess`: masks are pasted in batches instead of one by one,
-  and when every evaluator declares ``accepts_rle_masks`` (eva_det's COCO and LVIS evaluators)
-  they go straight to RLE (``pred_masks_rle``) without full-image masks. The evaluators' results
-  are the same as with ``model(inputs)``; with EVA's thousands of detections per image, paste
-  and encode are otherwise a large part of the time. Other models are called as they are.
-  The mask encoding then counts as "Inference" time in the logs, not as "Eval" time.
+  :class:`eva_det.modeling.postprocess.FastRCNNPostprocess`: masks are pasted in batches
+  instead of one by one, and when every evaluator declares ``accepts_rle_masks`` (eva_det's
+  COCO and LVIS evaluators) they go straight to RLE (``pred_masks_rle``) without full-image
+  masks. The evaluators' results are the same as with ``model(inputs)``; with EVA's thousands
+  of detections per image, paste and encode are otherwise a large part of the time. Other
+  models are called as they are. The mask encoding then counts as "Inference" time in the
+  logs, not as "Eval" time.
 """
 
 import datetime
@@ -32,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .postprocess import FastRCNNPostprocess, supports_fast_postprocess
+from eva_det.modeling.postprocess import FastRCNNPostprocess, supports_fast_postprocess
 
 __all__ = ["inference_on_dataset"]
 
@@ -127,7 +128,7 @@ def inference_on_dataset(
         progress (bool or None): show the tqdm bar; None = on the main process only.
         fast_postprocess (bool): for a detectron2 ``GeneralizedRCNN``, paste masks in
             batches, or encode them to RLE directly for evaluators with ``accepts_rle_masks``
-            (identical results, see :mod:`.postprocess`); ignored for other models.
+            (identical results, see :mod:`eva_det.modeling.postprocess`); ignored for other models.
 
     Returns:
         dict: ``evaluator.evaluate()``, or {} when it returns None (e.g. off the main process).

@@ -37,11 +37,13 @@ from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from eva_det.utils.atomic import atomic_write_json
+from eva_det.utils.categories import class_to_category_ids
+
 from .coco_evaluation import (
     coco_api_for_backend,
     gather_predictions,
     save_predictions,
-    write_json_atomic,
 )
 from .coco_json import prediction_from_output
 from .lvis_inputs import drop_unknown_categories, ground_truth_in_use, positive_area
@@ -253,19 +255,16 @@ class LVISEvaluator(_D2LVISEvaluator):
         tasks = self._tasks or self._tasks_from_predictions(lvis_results)
 
         # The LVIS evaluator can score COCO-category datasets: those carry detectron2's mapping.
-        mapping = self._metadata.get("thing_dataset_id_to_contiguous_id")
-        if mapping is not None:
-            reverse_mapping = {v: k for k, v in mapping.items()}
-            for result in lvis_results:
-                result["category_id"] = reverse_mapping[result["category_id"]]
-        else:  # LVIS category ids are the contiguous ids + 1
-            for result in lvis_results:
-                result["category_id"] += 1
+        # LVIS category ids are the contiguous ids + 1
+        mapping = class_to_category_ids(self._metadata, lvis_fallback=False)
+        for result in lvis_results:
+            c = result["category_id"]
+            result["category_id"] = mapping[c] if mapping is not None else c + 1
 
         if self._output_dir:
             file_path = os.path.join(self._output_dir, "lvis_instances_results.json")
             self._logger.info(f"Saving results to {file_path}")
-            write_json_atomic(file_path, lvis_results)
+            atomic_write_json(lvis_results, file_path)
 
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")

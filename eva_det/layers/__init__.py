@@ -7,7 +7,7 @@ from .rel_pos_attention import (
     rel_pos_attention,
     sdpa_rel_pos_attention,
 )
-from .soft_nms import batched_soft_nms, soft_nms_sequential_reference
+from .soft_nms import batched_soft_nms
 
 __all__ = [
     "ATTN_IMPLS",
@@ -16,5 +16,4 @@ __all__ = [
     "plain_rel_pos_attention",
     "rel_pos_attention",
     "sdpa_rel_pos_attention",
-    "soft_nms_sequential_reference",
 ]

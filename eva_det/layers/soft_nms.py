@@ -15,7 +15,8 @@ So the first box of the image is always kept, and any other box is kept iff its 
 is >= ``min_score``; the output score is that decayed score and the output is in pick order, which
 is by decayed score, descending.
 
-:func:`soft_nms_sequential_reference` ports that loop step by step (including the kernel's swaps,
+:func:`eva_det.utils.testing.soft_nms_sequential_reference` (the tests' and benches'
+reference) ports that loop step by step (including the kernel's swaps,
 which decide ties). :func:`batched_soft_nms` computes the same result with all classes in
 parallel: it lays the boxes out as a ``[C, M]`` grid (C classes, at most M boxes per class) and
 runs the greedy loop once for every class at the same time.
@@ -27,7 +28,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-__all__ = ["batched_soft_nms", "soft_nms_sequential_reference"]
+__all__ = ["batched_soft_nms"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,102 +89,6 @@ def _empty_result(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     return (
         torch.zeros(0, dtype=torch.int64, device=device),
         torch.zeros(0, dtype=torch.float32, device=device),
-    )
-
-
-def soft_nms_sequential_reference(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    idxs: torch.Tensor,
-    method: str = "linear",
-    iou_threshold: float = 0.3,
-    sigma: float = 0.5,
-    min_score: float = 1e-3,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Step-by-step port of mmcv's CPU soft-NMS loop, run once on class-offset boxes.
-
-    This is the baseline that :func:`batched_soft_nms` is tested and benchmarked against. It keeps
-    the kernel's in-place array order (picked box swapped to the front, dropped boxes replaced by
-    the last remaining one), so even exact score ties resolve as in mmcv. Arithmetic is float32
-    as in the kernel; each step is vectorised over the remaining boxes with numpy, so one image
-    with N boxes of which K are kept costs O(N * K).
-
-    Args:
-        boxes (Tensor): (N, 4) boxes (x1, y1, x2, y2), any float dtype and device.
-        scores (Tensor): (N,) scores.
-        idxs (Tensor): (N,) integer class ids; boxes of different classes never interact.
-        method (str): "linear", "gaussian" or "naive".
-        iou_threshold (float): IoU at or above which the linear / naive decay applies.
-        sigma (float): width of the gaussian decay.
-        min_score (float): boxes whose decayed score falls below this are dropped.
-
-    Returns:
-        keep (Tensor): (K,) int64 indices into the inputs, in pick order (decayed score,
-            descending).
-        scores (Tensor): (K,) float32 decayed scores of the kept boxes.
-    """
-    _check_args(boxes, scores, idxs, method, iou_threshold, sigma)
-    device = boxes.device
-    n = boxes.shape[0]
-    if n == 0:
-        return _empty_result(device)
-    b = _offset_boxes(boxes.detach(), idxs.detach()).cpu().numpy()
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
-    sc = scores.detach().float().cpu().numpy().copy()
-    areas = (x2 - x1) * (y2 - y1)
-    inds = np.arange(n, dtype=np.int64)
-    arrays = (x1, y1, x2, y2, sc, areas, inds)  # permuted together, like the kernel's arrays
-    thr, sig, min_sc = np.float32(iou_threshold), np.float32(sigma), np.float32(min_score)
-    one, zero = np.float32(1), np.float32(0)
-
-    keep, kept_scores = [], []
-    i = 0
-    while i < n:
-        # Pick: first maximum in the current order. The kernel scans with a strict "<" starting
-        # from slot i, so a NaN score (gaussian decay of two empty boxes) is picked only from
-        # slot i and otherwise never wins.
-        j = i + int(np.argmax(sc[i:n]))
-        if np.isnan(sc[j]) and not np.isnan(sc[i]):
-            j = i + int(np.nanargmax(sc[i:n]))
-        elif np.isnan(sc[i]):
-            j = i
-        for a in arrays:
-            a[i], a[j] = a[j], a[i]
-        keep.append(inds[i])
-        kept_scores.append(sc[i])
-
-        # Decay every remaining box.
-        rest = slice(i + 1, n)
-        w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = inter / (areas[i] + areas[rest] - inter)
-            if method == "linear":
-                weight = np.where(iou >= thr, one - iou, one)
-            elif method == "naive":
-                weight = np.where(iou >= thr, zero, one)
-            else:
-                weight = np.exp(-(iou * iou) / sig)
-        sc[rest] *= weight
-
-        # Drop boxes below min_score. The kernel overwrites each dropped slot with the last
-        # remaining box and shrinks the array; the net effect is that the holes in the first
-        # num_left slots are filled, in ascending order, by the survivors found after them, taken
-        # in descending order.
-        drop = sc[rest] < min_sc
-        if drop.any():
-            num_left = int(drop.size - drop.sum())
-            holes = np.flatnonzero(drop[:num_left]) + (i + 1)
-            movers = (np.flatnonzero(~drop[num_left:]) + (i + 1 + num_left))[::-1]
-            for a in arrays:
-                a[holes] = a[movers]
-            n = i + 1 + num_left
-        i += 1
-
-    return (
-        torch.as_tensor(np.array(keep, dtype=np.int64), device=device),
-        torch.as_tensor(np.array(kept_scores, dtype=np.float32), device=device),
     )
 
 

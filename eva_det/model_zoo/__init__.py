@@ -11,6 +11,7 @@ from .model_zoo import (
     get_config,
     get_eval_overrides,
     get_evaluation,
+    get_inference_model,
     list_models,
     resolve_checkpoint,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "get_config",
     "get_eval_overrides",
     "get_evaluation",
+    "get_inference_model",
     "list_models",
     "render_model_zoo_markdown",
     "resolve_checkpoint",

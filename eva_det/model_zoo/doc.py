@@ -135,6 +135,8 @@ def render_model_zoo_markdown(entries: Iterable[Checkpoint] = CHECKPOINTS) -> st
         'model = model_zoo.get("eva02_L_coco_bsl")  # downloads the weights once',
         'model = model_zoo.get("eva02_L_coco_bsl", checkpoint="/path/to/eva02_L_coco_bsl.pth")',
         'cfg = model_zoo.get_config("eva02_L_coco_bsl", trained=True)  # config + eval flags',
+        '# as every tool builds it: calls run under test.amp / test.compile_backbone, TTA',
+        'im = model_zoo.get_inference_model("eva02_L_coco_bsl")  # outputs = im(batched_inputs)',
         "```",
         "",
         "## Weights by name",

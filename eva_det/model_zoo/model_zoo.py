@@ -4,6 +4,8 @@
     model_zoo.list_models()                       # names, see docs/MODEL_ZOO.md
     cfg = model_zoo.get_config("eva02_L_coco_bsl", trained=True)   # LazyConfig + eval flags
     model = model_zoo.get("eva02_L_coco_bsl", checkpoint="/data/eva02_L_coco_bsl.pth")
+    im = model_zoo.get_inference_model("eva02_L_coco_bsl", overrides=["test.amp.enabled=True"])
+    outputs = im(batched_inputs)                  # no_grad, test.amp, test.compile_backbone
 
 Weights are downloaded once through the Hugging Face hub client into its shared cache
 (``$HF_HOME/hub``, default ``~/.cache/huggingface/hub``; ``HF_ENDPOINT`` selects a mirror,
@@ -18,13 +20,13 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from detectron2.config import instantiate
 from detectron2.utils.file_io import PathManager
 
 from eva_det.checkpoint.hub import resolve_weights
+from eva_det.config.load import load_config
 from eva_det.config.paths import config_file
-from eva_det.engine.checks import load_config
-from eva_det.engine.ema import load_checkpoint_for_eval
+from eva_det.engine.build import InferenceModel, build_inference_model
+from eva_det.engine.precision import precision_settings
 from eva_det.errors import InputError
 
 from .table import CHECKPOINTS, Checkpoint, Evaluation, checkpoints_by_name
@@ -37,6 +39,7 @@ __all__ = [
     "get_eval_overrides",
     "get_config",
     "get",
+    "get_inference_model",
     "resolve_checkpoint",
 ]
 
@@ -177,19 +180,21 @@ def get_config(
     return load_config(os.fspath(path), opts + list(overrides))
 
 
-def get(
+def get_inference_model(
     name: str,
     trained: bool = True,
     device: str = "cpu",
     checkpoint: Optional[str] = None,
     task: Optional[str] = None,
     overrides: Sequence[str] = (),
-) -> torch.nn.Module:
-    """Build the detector of checkpoint ``name`` in eval mode, with its weights if ``trained``.
+) -> InferenceModel:
+    """The detector of checkpoint ``name`` as every tool runs it, with its weights if ``trained``.
 
-    Weights are loaded as ``tools/lazyconfig_train_net.py --eval-only`` loads them
-    (:func:`eva_det.engine.load_checkpoint_for_eval`): the EMA weights when the official
-    evaluation uses them (``train.model_ema.use_ema_weights_for_eval_only``).
+    Built by :func:`eva_det.engine.build.build_inference_model`, as
+    ``tools/lazyconfig_train_net.py --eval-only`` builds it: the EMA weights when the official
+    evaluation uses them (``train.model_ema.use_ema_weights_for_eval_only``), TTA with
+    ``test.aug.enabled``; calling the result runs a batch under ``test.amp`` /
+    ``test.compile_backbone``.
 
     Args:
         name (str): checkpoint name (:func:`list_models`).
@@ -215,9 +220,33 @@ def get(
         # a hub name stays a name (the checkpointer finds it cached and converts pretrained
         # backbones); other URLs are replaced by their downloaded file
         init = source if weights.hub is not None else resolve_checkpoint(source)
-    model = instantiate(cfg.model)
-    model.to(device)
     if init is not None:
         cfg.train.init_checkpoint = init
-        load_checkpoint_for_eval(cfg, model)
-    return model.eval()
+    return build_inference_model(cfg, load_weights=init is not None, device=device)
+
+
+def get(
+    name: str,
+    trained: bool = True,
+    device: str = "cpu",
+    checkpoint: Optional[str] = None,
+    task: Optional[str] = None,
+    overrides: Sequence[str] = (),
+) -> torch.nn.Module:
+    """The model of :func:`get_inference_model` as a plain module in eval mode.
+
+    That is the detector (its TTA wrapper with ``test.aug.enabled``). ``test.amp`` and
+    ``test.compile_backbone`` are settings of a call, not of a module: they apply when the
+    :class:`~eva_det.engine.build.InferenceModel` of :func:`get_inference_model` is called
+    (a warning says so when they are set here). Arguments and errors: see
+    :func:`get_inference_model`.
+    """
+    built = get_inference_model(name, trained, device, checkpoint, task, overrides)
+    settings = precision_settings(built.cfg)
+    if settings["amp"]["enabled"] or settings["compile_backbone"]:
+        logger.warning(
+            "model_zoo.get returns a plain module, which runs in float32 without compiling: "
+            "test.amp / test.compile_backbone apply when you call "
+            "model_zoo.get_inference_model(...) instead."
+        )
+    return built.model

@@ -42,10 +42,11 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from fvcore.transforms import HFlipTransform, NoOpTransform
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from eva_det.roi_heads.inference import eva_fast_rcnn_inference
 from eva_det.roi_heads.maskness import maskness_scores
+from eva_det.utils.modules import unwrap_ddp
+from eva_det.utils.sections import read_section
 
 __all__ = ["GeneralizedRCNNWithTTA", "tta_settings", "build_tta_model"]
 
@@ -80,8 +81,7 @@ class GeneralizedRCNNWithTTA(nn.Module):
             batch_size (int): augmented images per forward pass.
         """
         super().__init__()
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
+        model = unwrap_ddp(model)
         if not isinstance(model, GeneralizedRCNN):
             raise TypeError(f"TTA supports GeneralizedRCNN models, got {type(model).__name__}")
         if getattr(model.roi_heads, "keypoint_on", False):
@@ -280,20 +280,13 @@ def tta_settings(cfg) -> dict:
     Configs without a ``test`` section get the defaults (TTA off), so ``test.aug.enabled=True``
     on the command line works for every config. ``max_size=None`` means the model's
     ``square_pad`` (resolved by :func:`build_tta_model`).
-    """
-    from omegaconf import OmegaConf
 
+    Raises:
+        InputError: an unknown ``test.aug`` key.
+    """
     from eva_det.config.defaults import test_defaults
 
-    defaults = test_defaults()["aug"]
-    test = cfg.get("test", None)
-    given = test.get("aug", None) if test is not None else None
-    given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else given
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise KeyError(f"Unknown test.aug keys {unknown}; known: {sorted(defaults)}")
-    out = {**defaults, **given}
+    out = read_section(cfg, "test.aug", test_defaults()["aug"])
     if isinstance(out["min_sizes"], int):
         out["min_sizes"] = [out["min_sizes"]]
     return out
@@ -304,7 +297,7 @@ def build_tta_model(cfg, model: nn.Module) -> nn.Module:
     aug = tta_settings(cfg)
     if not aug["enabled"]:
         return model
-    unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
+    unwrapped = unwrap_ddp(model)
     max_size = aug["max_size"]
     if max_size is None:
         max_size = GeneralizedRCNNWithTTA._square_pad(unwrapped)

@@ -1,13 +1,14 @@
-"""detectron2's R-CNN postprocessing with the batched mask paste of :mod:`.mask_rle`.
+"""detectron2's R-CNN postprocessing with the batched mask paste of :mod:`eva_det.layers.mask_rle`.
 
 ``GeneralizedRCNN.forward`` at test time is ``inference(inputs)``: the network, then
 ``detector_postprocess`` per image (rescale and clip boxes to the input's "height"/"width", drop
 empty boxes, paste the (M, M) masks into full-image bitmasks one by one on CPU).
 :class:`FastRCNNPostprocess` runs ``inference(inputs, do_postprocess=False)`` and does the same
 steps, calling detectron2's ``detector_postprocess`` for everything except the masks, which go
-through :func:`.mask_rle.paste_masks_in_image` (same bits, batched) or, with
-``mask_format="rle"``, straight to pycocotools RLE (:func:`.mask_rle.paste_masks_rle`) without
-(H, W) masks. With ``mask_format="bitmask"`` and no cap the outputs equal ``model(inputs)``.
+through :func:`eva_det.layers.mask_rle.paste_masks_in_image` (same bits, batched) or, with
+``mask_format="rle"``, straight to pycocotools RLE
+(:func:`eva_det.layers.mask_rle.paste_masks_rle`) without (H, W) masks. With
+``mask_format="bitmask"`` and no cap the outputs equal ``model(inputs)``.
 """
 
 import logging
@@ -18,9 +19,9 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances, ROIMasks
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from .mask_rle import paste_masks_in_image, paste_masks_rle
+from eva_det.layers.mask_rle import paste_masks_in_image, paste_masks_rle
+from eva_det.utils.modules import unwrap_ddp
 
 __all__ = ["FastRCNNPostprocess", "supports_fast_postprocess", "top_scoring"]
 
@@ -30,17 +31,13 @@ MASK_FORMATS = ("bitmask", "rle")
 _INDEX_FIELD = "_raw_index"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def supports_fast_postprocess(model) -> bool:
     """True for a ``GeneralizedRCNN`` (maybe DDP-wrapped) with detectron2's forward/postprocess.
 
     Subclasses that override ``forward`` or ``_postprocess`` are not supported: their outputs
     could differ from what :class:`FastRCNNPostprocess` computes.
     """
-    net = _unwrap(model)
+    net = unwrap_ddp(model)
     return (
         isinstance(net, GeneralizedRCNN)
         and type(net).forward is GeneralizedRCNN.forward
@@ -81,7 +78,7 @@ class FastRCNNPostprocess(nn.Module):
         if not supports_fast_postprocess(model):
             raise TypeError(
                 f"FastRCNNPostprocess needs a detectron2 GeneralizedRCNN without a custom forward "
-                f"or _postprocess; got {type(_unwrap(model)).__name__}."
+                f"or _postprocess; got {type(unwrap_ddp(model)).__name__}."
             )
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -94,7 +91,7 @@ class FastRCNNPostprocess(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
         """Inputs and outputs as ``GeneralizedRCNN.forward`` in eval mode (see class docs)."""
-        net = _unwrap(self.model)
+        net = unwrap_ddp(self.model)
         raw = net.inference(batched_inputs, do_postprocess=False)
         outputs = []
         for inst, inp in zip(raw, batched_inputs):

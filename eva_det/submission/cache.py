@@ -1,4 +1,4 @@
-"""The shard cache of :mod:`.submission`: fingerprints, shard files and the evaluator writing them.
+"""The shard cache of :mod:`.pipeline`: fingerprints, shard files and the evaluator writing them.
 
 ``<output_dir>/cache/manifest.json`` holds the fingerprint of the run (model and test-mapper
 config, checkpoint path / size / mtime, dataset, cap, shard size); ``shard_<k>.json`` holds the
@@ -21,10 +21,9 @@ from omegaconf import OmegaConf
 
 from eva_det.checkpoint.hub import resolve_weights
 from eva_det.errors import InputError
-
-from .coco_evaluation import write_json_atomic
-from .coco_json import instances_to_coco_json
-from .postprocess import top_scoring
+from eva_det.evaluation.coco_json import instances_to_coco_json
+from eva_det.modeling.postprocess import top_scoring
+from eva_det.utils.atomic import atomic_write_json
 
 __all__ = ["ShardCollector", "check_manifest", "fingerprint", "instances_to_results", "load_shard"]
 
@@ -155,7 +154,7 @@ class ShardCollector(DatasetEvaluator):
             "num_dropped": self._dropped[k],
             "results": [r for i in ids for r in per_image[i]],
         }
-        write_json_atomic(self._shard_path(k), shard)
+        atomic_write_json(shard, self._shard_path(k))
         self.written.append(k)
         logger.info(f"Wrote shard {k} ({len(ids)} images, {len(shard['results'])} results)")
         if self._on_shard_written is not None:
@@ -196,4 +195,4 @@ def check_manifest(cache_dir: str, manifest: dict) -> None:
                 f"{cache_dir} to start over."
             )
         return
-    write_json_atomic(path, manifest)
+    atomic_write_json(manifest, path)

@@ -4,7 +4,7 @@ import os
 
 from detectron2.config import LazyConfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 EVA01_SHRINK = [
     "model.backbone.net.embed_dim=64",
@@ -18,6 +18,17 @@ EVA01_SHRINK = [
     "model.backbone.square_pad=128",
     # few test-time proposals keep the full-width cascade heads cheap on CPU
     "model.proposal_generator.post_nms_topk=[1000,20]",
+]
+
+# Narrow cascade heads (same module names) so that state dicts are small.
+NARROW_HEADS = ["model.roi_heads.mask_head.conv_dims=[64]"] + [
+    o
+    for k in range(3)
+    for o in (
+        f"model.roi_heads.box_heads.{k}.conv_dims=[64]",
+        f"model.roi_heads.box_heads.{k}.fc_dims=[64]",
+        f"model.roi_heads.box_predictors.{k}.input_shape.channels=64",
+    )
 ]
 
 
@@ -105,3 +116,42 @@ def cli_tiny_overrides(cfg, output_dir=None, max_iter: int = 3) -> list:
         ]
         + outputs
     )
+
+
+EVA02_SHRINK = [
+    "model.backbone.net.embed_dim=64",
+    "model.backbone.net.depth=4",
+    "model.backbone.net.num_heads=4",
+    "model.backbone.net.img_size=128",
+    "model.backbone.net.window_size=4",
+    "model.backbone.net.window_block_indexes=[0,1,3]",
+    "model.backbone.square_pad=128",
+]
+# Few proposals keep the full-width cascade heads cheap on CPU.
+FAST_HEADS = [
+    "model.proposal_generator.pre_nms_topk=[2000,200]",
+    "model.proposal_generator.post_nms_topk=[1000,20]",
+]
+
+
+def zoo_shrink(name: str) -> list:
+    """The shrinking overrides for model-zoo checkpoint ``name`` (EVA-01 or EVA-02 backbone)."""
+    from eva_det import model_zoo
+
+    family = model_zoo.get_checkpoint(name).family
+    return (EVA01_SHRINK if family == "EVA-01" else EVA02_SHRINK) + FAST_HEADS
+
+
+# The shapes recipe shrunk for evaluation runs (test-dev submission, checkpoint checks).
+SHAPES_CONFIG = "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py"
+SHAPES_EVAL = EVA01_SHRINK + [
+    "dataloader.test.num_workers=0",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+    "dataloader.test.mapper.augmentations.0.max_size=128",
+    "model.proposal_generator.post_nms_topk=[500,15]",
+    # EVA's protocol: keep everything, soft-NMS -> up to 75 detections per image here
+    "model.roi_heads.use_soft_nms=True",
+    "model.roi_heads.method=linear",
+    "model.roi_heads.iou_threshold=0.6",
+    "model.roi_heads.override_score_thresh=0.0",
+]

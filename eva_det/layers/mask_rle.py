@@ -22,14 +22,14 @@ ever allocated. Both give the same bits as detectron2 + pycocotools:
 ``tests/test_inference_progress.py`` checks byte equality against detectron2 + pycocotools.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from torch.nn import functional as F
 
-__all__ = ["encode_bitmasks", "paste_masks_in_image", "paste_masks_rle", "rles_from_crops"]
+__all__ = ["paste_masks_in_image", "paste_masks_rle", "rles_from_crops"]
 
 # Upper bound on the float32 working memory of one batched paste (grid + output), in bytes.
 _CHUNK_BYTES = 256 * 1024**2
@@ -279,14 +279,6 @@ def paste_masks_rle(
     rles = _encode_transitions(
         np.concatenate(dets), np.concatenate(fulls), masks.shape[0], image_shape
     )
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("utf-8")
-    return rles
-
-
-def encode_bitmasks(masks: Sequence[np.ndarray]) -> List[Dict]:
-    """pycocotools RLE (``counts`` as str) of (H, W) binary masks, as detectron2 encodes them."""
-    rles = [mask_util.encode(np.array(m[:, :, None], order="F", dtype="uint8"))[0] for m in masks]
     for rle in rles:
         rle["counts"] = rle["counts"].decode("utf-8")
     return rles

@@ -4,21 +4,23 @@
 
 1. lists the test set's images (``cfg.dataloader.test.dataset`` with the dataset name replaced)
    and cuts them into shards of ``shard_size`` images in dataset order;
-2. runs the model from ``cfg`` (weights ``cfg.train.init_checkpoint``) on the images of every
-   shard not yet in ``<output_dir>/cache``, with :func:`.inference.inference_on_dataset`
-   (progress bar) and the mask-RLE postprocessing of :mod:`.postprocess` (masks of the kept
+2. runs the model from ``cfg`` as :func:`eva_det.engine.build.build_inference_model` builds it
+   (weights ``cfg.train.init_checkpoint``, EMA weights, TTA, ``test.amp``,
+   ``test.compile_backbone``) on the images of every shard not yet in ``<output_dir>/cache``,
+   with :func:`eva_det.evaluation.inference.inference_on_dataset` (progress bar) and the
+   mask-RLE postprocessing of :mod:`eva_det.modeling.postprocess` (masks of the kept
    detections only, no full-image masks); results use the dataset's category ids, the
    ``max_dets_per_image`` best-scored detections of each image are kept (how many were dropped
    is logged). Each shard is written atomically to ``cache/shard_<k>.json`` as soon as its last
    image is done, so an interrupted run loses at most the shards in progress, and a rerun with
    the same arguments skips every finished shard;
-3. builds the zips of :mod:`.submission_format` from all shards, reads each back and validates it
+3. builds the zips of :mod:`.server` from all shards, reads each back and validates it
    (keys and types, image and category ids of the test set, mask sizes, per-image cap), then logs
    the file sizes. Zips are written atomically.
 
 ``cache/manifest.json`` records a fingerprint of everything that changes the results (model and
 test-mapper config, checkpoint path / size / mtime, dataset, cap, shard size); a rerun with a
-different fingerprint stops with an error instead of mixing results (:mod:`.submission_cache`).
+different fingerprint stops with an error instead of mixing results (:mod:`.cache`).
 """
 
 import json
@@ -32,12 +34,13 @@ from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from eva_det.engine.build import build_inference_model
 from eva_det.errors import InputError
+from eva_det.evaluation.inference import inference_on_dataset
+from eva_det.modeling.postprocess import FastRCNNPostprocess, supports_fast_postprocess
 
-from .inference import inference_on_dataset
-from .postprocess import FastRCNNPostprocess, supports_fast_postprocess
-from .submission_cache import ShardCollector, check_manifest, fingerprint, load_shard
-from .submission_format import (
+from .cache import ShardCollector, check_manifest, fingerprint, load_shard
+from .server import (
     TASK_KEYS,
     ServerFormat,
     check_alg_name,
@@ -132,17 +135,9 @@ def _build_loader(cfg, dicts: List[dict]):
     return instantiate(spec)
 
 
-def _build_predictor(cfg, max_dets: int):
-    """The model as ``--eval-only`` evaluates it (EMA weights and test-time augmentation as
-    configured), with the RLE postprocessing when it is a plain ``GeneralizedRCNN``."""
-    from eva_det.engine.ema import load_checkpoint_for_eval
-    from eva_det.engine.train_loop import build_model
-    from eva_det.modeling.tta import build_tta_model
-
-    model = build_model(cfg)
-    model.eval()
-    load_checkpoint_for_eval(cfg, model)
-    model = build_tta_model(cfg, model)
+def _build_predictor(model, max_dets: int):
+    """``model`` (an :class:`~eva_det.engine.build.InferenceModel`'s ``model``) with the RLE
+    postprocessing when it is a plain ``GeneralizedRCNN``."""
     if supports_fast_postprocess(model):
         return FastRCNNPostprocess(model, mask_format="rle", max_dets_per_image=max_dets)
     logger.info(f"{type(model).__name__} is not a plain GeneralizedRCNN: masks encoded one by one.")
@@ -267,13 +262,16 @@ def run_submission(
         collector = ShardCollector(
             todo, shard_path, run_fingerprint, class_to_category, max_dets, on_shard_written
         )
-        inference_on_dataset(
-            _build_predictor(cfg, max_dets),
-            loader,
-            collector,
-            progress=progress,
-            fast_postprocess=False,
-        )
+        # EMA weights, TTA, test.amp and test.compile_backbone as --eval-only runs them
+        built = build_inference_model(cfg)
+        with built.precision():
+            inference_on_dataset(
+                _build_predictor(built.model, max_dets),
+                loader,
+                collector,
+                progress=progress,
+                fast_postprocess=False,
+            )
         report.shards_computed = list(collector.written)
         for k in todo:
             done[k] = load_shard(shard_path(k), run_fingerprint, shards[k])

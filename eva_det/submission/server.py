@@ -24,16 +24,16 @@ import logging
 import math
 import os
 import re
-import uuid
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from detectron2.data import MetadataCatalog
-from detectron2.utils.file_io import PathManager
 
 from eva_det.errors import InputError
+from eva_det.utils.atomic import atomic_path
+from eva_det.utils.categories import class_to_category_ids
 
 __all__ = [
     "SERVER_FORMATS",
@@ -123,17 +123,13 @@ def valid_category_ids(dataset_name: str) -> Dict[int, int]:
     COCO-style sets carry ``thing_dataset_id_to_contiguous_id``; LVIS sets do not and use
     ``index + 1`` (LVIS ids are 1..num_classes).
     """
-    meta = MetadataCatalog.get(dataset_name)
-    mapping = meta.get("thing_dataset_id_to_contiguous_id")
-    if mapping is not None:
-        return {int(v): int(k) for k, v in mapping.items()}
-    classes = meta.get("thing_classes")
-    if not classes:
+    mapping = class_to_category_ids(MetadataCatalog.get(dataset_name))
+    if mapping is None:
         raise InputError(
             f"Dataset {dataset_name!r} has neither thing_dataset_id_to_contiguous_id nor "
             "thing_classes in its metadata; cannot map predicted classes to category ids."
         )
-    return {i: i + 1 for i in range(len(classes))}
+    return mapping
 
 
 def _result_problems(
@@ -204,21 +200,11 @@ def validate_results(
 
 def write_results_zip(path: str, json_name: str, results: List[dict]) -> None:
     """Write ``results`` as ``json_name``, the only file of the zip ``path``, atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    PathManager.mkdirs(folder)
-    tmp_path = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_path(path) as tmp_path:
         with zipfile.ZipFile(tmp_path, "x", compression=zipfile.ZIP_DEFLATED) as zf:
             with zf.open(json_name, "w", force_zip64=True) as raw:
                 with io.TextIOWrapper(raw, encoding="utf-8") as text:
                     json.dump(results, text)
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def read_zip_results(path: str, expected_name: Optional[str] = None) -> Tuple[str, List[dict]]:
