@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Optional
 
+import torch
 from detectron2.config import instantiate
 from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import print_csv_format
