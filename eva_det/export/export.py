@@ -59,8 +59,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
-#: ONNX opset of the exported graphs (RoIAlign with aligned coordinates needs 16).
-ONNX_OPSET = 17
+#: ONNX opset of the exported graphs: 16 is the first with RoiAlign's half-pixel (``aligned``)
+#: coordinates, and the last before LayerNormalization becomes one op (which TensorRT's parser
+#: lists as unsupported before TensorRT 8.6); at 16 layer norms are ReduceMean / Sub / Pow / Sqrt.
+ONNX_OPSET = 16
 #: Graph output names of the ``Instances`` fields (flattened in sorted field order).
 FIELD_NAMES = {"pred_boxes": "boxes", "pred_classes": "classes", "pred_masks": "masks"}
 
