@@ -111,7 +111,7 @@ def check_exportable(cfg, fmt: str) -> None:
     """
     if fmt not in FORMATS:
         raise InputError(
-            f"--format {fmt}: not a supported format; use one of {', '.join(FORMATS)}."
+            f"--format {fmt}: not a supported format; use {' or '.join(FORMATS)}."
         )
     if bool(_roi_heads_cfg(cfg).get("use_soft_nms", False)):
         raise InputError(
