@@ -110,9 +110,7 @@ def check_exportable(cfg, fmt: str) -> None:
         fmt (str): "onnx" or "torchscript".
     """
     if fmt not in FORMATS:
-        raise InputError(
-            f"--format {fmt}: not a supported format; use {' or '.join(FORMATS)}."
-        )
+        raise InputError(f"--format {fmt}: not a supported format; use {' or '.join(FORMATS)}.")
     if bool(_roi_heads_cfg(cfg).get("use_soft_nms", False)):
         raise InputError(
             "model.roi_heads.use_soft_nms=True cannot be exported: soft-NMS is a loop whose "

@@ -55,7 +55,8 @@ class FixedGridRope(nn.Module):
 
     def forward(self, t: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         """t: (B, heads, h*w, head_dim) rotated by the grid's tables; ``hw`` must be the grid."""
-        if (int(hw[0]), int(hw[1])) != self.grid:
+        # while tracing, hw holds traced sizes: the trace's input size is the grid's already
+        if not torch.jit.is_tracing() and (int(hw[0]), int(hw[1])) != self.grid:
             raise ValueError(
                 f"FixedGridRope holds the tables of grid {self.grid}, called for {tuple(hw)}: "
                 "export at the config's input size (model.backbone.square_pad)"
