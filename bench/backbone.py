@@ -5,7 +5,7 @@ For B-size (768 / 12 heads, window 14 as ViTDet-B) and 1B-size (1408 / 16 heads,
 window 16) blocks, times one windowed and one global block at each input size with the same
 weights and input for every ``attn_impl`` ("plain" = official matmul + softmax; "sdpa" = fused
 kernel with the bias as mask, eva_det's default on GPU; "blocked" = cache-sized blocks, eva_det's
-default on CPU in fp32; "augmented" = bias folded into q/k), forward and forward + backward, and
+default on CPU in fp32), forward and forward + backward, and
 checks the outputs are equal. Whole backbone = 8 windowed + 4 global blocks (B) or 30 + 10 (1B),
 from the block times.
 
@@ -29,7 +29,7 @@ SIZES = {
     "B": dict(dim=768, heads=12, mlp_ratio=4.0, window=14, n_win=8, n_glb=4),
     "1B": dict(dim=1408, heads=16, mlp_ratio=6144 / 1408, window=16, n_win=30, n_glb=10),
 }
-FAST = ["sdpa", "blocked", "augmented"]  # "auto" = blocked on CPU in fp32, sdpa otherwise
+FAST = ["sdpa", "blocked"]  # "auto" = blocked on CPU in fp32, sdpa otherwise
 ATTN_IMPLS = ["plain"] + FAST
 
 

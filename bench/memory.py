@@ -20,14 +20,15 @@ parameter counts are exact (counted from the instantiated config); memory is
   attention per ``attn_impl``: "sdpa" (eva_det default, CUDA memory-efficient kernel) q, k, v,
   out (8NC) + two q copies for the rel-pos einsums (4NC) + the dense relative-position bias (2hNA)
   + logsumexp; "plain" (official) q, k, v (6NC) + one q copy (2NC) + softmax output in fp32 (CUDA
-  autocast) and its fp16 copy (6hNA); "augmented" two q copies (4NC) plus [q|bias] / [k|one-hot] /
-  v padded to hd + H + W channels and the output (8hN(hd + H + W)), no N x N tensor. With
+  autocast) and its fp16 copy (6hNA); "blocked" q, k, v, out (8NC) + the two q copies (4NC) + the
+  two bias factors rel_h, rel_w (4hNS, S = window or grid side), no N x N tensor. With
   activation checkpointing only every block's fp32 input (4NC) is kept, and one block's
   activations are recomputed during its backward. Detector heads (feature pyramid, RPN, 3 cascade
   stages x 512 RoIs, mask head on 128 RoIs) are counted from their layer shapes;
 * inference = fp32 weights (+ 2 B/param of autocast weight copies under bf16, kept for the whole
   evaluation) + the largest transient of one global block (for "sdpa" its N x N bias, built at most
-  ``DEFAULT_MAX_MASK_BYTES`` = 1 GiB at a time without autograd).
+  ``DEFAULT_MAX_MASK_BYTES`` = 1 GiB at a time without autograd; for "blocked" the two bias
+  factors and one ``DEFAULT_BLOCK_BYTES`` = 16 MiB block of logits).
 
     python bench/memory.py                                  # GPU if present, else estimate
     python bench/memory.py --mode estimate --sizes 1280 1536
@@ -43,6 +44,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
+from eva_det.layers.blocked_attention import DEFAULT_BLOCK_BYTES
 from eva_det.layers.rel_pos_attention import DEFAULT_MAX_MASK_BYTES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +62,7 @@ def parse_args():
         default="auto",
         help="measure on CUDA, estimate analytically, or auto (measure when CUDA is present)",
     )
-    parser.add_argument("--impls", nargs="+", default=["sdpa", "plain", "augmented"])
+    parser.add_argument("--impls", nargs="+", default=["sdpa", "plain", "blocked"])
     return parser.parse_args()
 
 
@@ -139,8 +141,8 @@ def attention_bytes(v: Vit, span: int, impl: str, side: int) -> int:
         return 12 * n * c + 2 * h * n * span + 4 * h * n
     if impl == "plain":
         return 8 * n * c + 6 * h * n * span
-    if impl == "augmented":
-        return 4 * n * c + 8 * h * n * (c // h + 2 * side) + 4 * h * n
+    if impl == "blocked":
+        return 12 * n * c + 4 * h * n * side
     raise ValueError(f"unknown attn_impl {impl!r}")
 
 
@@ -153,7 +155,7 @@ def block_bytes(v: Vit, global_attn: bool, impl: str) -> tuple:
     largest = {
         "sdpa": 2 * v.heads * n * span,
         "plain": 4 * v.heads * n * span,
-        "augmented": 2 * v.heads * n * (c // v.heads + 2 * side),
+        "blocked": 2 * v.heads * n * side,
     }[impl]
     return common + attn, max(largest, 2 * n * f)
 
@@ -197,7 +199,7 @@ def estimate(cfg, size: int, impl: str, counts: tuple) -> dict:
     attn_peak = {  # fp32 no-grad transient of one global block
         "sdpa": min(4 * h * n * n, DEFAULT_MAX_MASK_BYTES),  # mask built in row blocks
         "plain": 3 * 4 * h * n * n,
-        "augmented": 4 * 4 * h * n * (c // h + 2 * v.grid),
+        "blocked": 2 * 4 * h * n * v.grid + DEFAULT_BLOCK_BYTES,
     }[impl]
     block_peak = 4 * n * c * 5 + max(attn_peak, 8 * n * v.hidden)
     infer32 = 4 * total + block_peak

@@ -1,11 +1,10 @@
-"""Rel-pos attention: SDPA (whole or row-blocked mask), blocked, augmented equal the plain path."""
+"""Rel-pos attention: SDPA (whole or row-blocked mask) and blocked equal the plain path."""
 
 import pytest
 import torch
 
 from eva_det.layers.blocked_attention import blocked_rel_pos_attention
 from eva_det.layers.rel_pos_attention import (
-    augmented_rel_pos_attention,
     plain_rel_pos_attention,
     rel_pos_attention,
     resolve_impl,
@@ -38,9 +37,7 @@ def _independent_reference(q, k, v, rel_h, rel_w, scale):
     return out
 
 
-@pytest.mark.parametrize(
-    "fn", [plain_rel_pos_attention, augmented_rel_pos_attention, blocked_rel_pos_attention]
-)
+@pytest.mark.parametrize("fn", [plain_rel_pos_attention, blocked_rel_pos_attention])
 def test_kernels_match_independent_reference(fn):
     q, k, v, rh, rw = _inputs()
     ref = _independent_reference(q, k, v, rh, rw, 0.3)
@@ -101,7 +98,7 @@ def test_sdpa_without_bias_and_dispatch():
     q, k, v, rh, rw = _inputs()
     ref = plain_rel_pos_attention(q, k, v, None, None, 0.3)
     torch.testing.assert_close(sdpa_rel_pos_attention(q, k, v, None, None, 0.3), ref)
-    for impl in ("auto", "plain", "sdpa", "blocked", "augmented"):
+    for impl in ("auto", "plain", "sdpa", "blocked"):
         torch.testing.assert_close(
             rel_pos_attention(q, k, v, rh, rw, 0.3, impl),
             plain_rel_pos_attention(q, k, v, rh, rw, 0.3),
@@ -132,7 +129,7 @@ def test_blocked_block_equals_plain_block(window_size, hw):
     )
     x = torch.randn(2, *hw, 32)
     results = []
-    impls = [("plain", 1.0), ("sdpa", 1e-6), ("sdpa", 1.0), ("blocked", 1.0), ("augmented", 1.0)]
+    impls = [("plain", 1.0), ("sdpa", 1e-6), ("sdpa", 1.0), ("blocked", 1.0)]
     for impl, mb in impls:
         torch.manual_seed(0)
         blk = Block(attn_impl=impl, max_attn_mask_mb=mb, **kw)

@@ -2,7 +2,7 @@
 
 from .blocked_attention import blocked_rel_pos_attention
 from .rel_pos_attention import (
-    augmented_rel_pos_attention,
+    ATTN_IMPLS,
     plain_rel_pos_attention,
     rel_pos_attention,
     sdpa_rel_pos_attention,
@@ -10,7 +10,7 @@ from .rel_pos_attention import (
 from .soft_nms import batched_soft_nms, soft_nms_sequential_reference
 
 __all__ = [
-    "augmented_rel_pos_attention",
+    "ATTN_IMPLS",
     "batched_soft_nms",
     "blocked_rel_pos_attention",
     "plain_rel_pos_attention",

@@ -1,24 +1,32 @@
-"""Softmax attention with the decomposed relative position bias (EVA-01 / ViTDet), four ways.
+"""Softmax attention, optionally with the decomposed relative position bias: one dispatcher.
 
-For a query at grid position (i, j) and a key at (k, l) the logit is
+Both EVA backbones attend through :func:`rel_pos_attention` and name the implementation with the
+same ``attn_impl`` vocabulary, :data:`ATTN_IMPLS`. EVA-01 (ViTDet) passes the decomposed bias;
+EVA-02 passes none (it rotates q and k with RoPE instead). For a query at grid position (i, j)
+and a key at (k, l) the logit is
 
     scale * q[i, j] . k[k, l] + rel_h[i, j, k] + rel_w[i, j, l]
 
-(per batch element and head). The three implementations give the same output to float rounding:
+(per batch element and head). Every implementation gives the same output to float rounding:
 
-* :func:`plain_rel_pos_attention`: the official formulation, matmul + 5-D broadcast add + softmax
-  + matmul. Builds several N x N tensors; kept as the reference.
-* :func:`sdpa_rel_pos_attention`: ``F.scaled_dot_product_attention`` with the bias as a float
-  ``attn_mask`` in q's dtype (eligible for the fused CPU flash, CUDA memory-efficient and cuDNN
-  kernels). The mask is built contiguous (so no hidden copy) and, when it would exceed
-  ``max_mask_bytes``, one block of query rows at a time, which bounds its memory.
-* :func:`eva_det.layers.blocked_attention.blocked_rel_pos_attention`: the plain formulation in
-  cache-sized blocks with a recomputing backward; nothing N x N is allocated. Fastest on CPU.
-* :func:`augmented_rel_pos_attention`: the bias folded into extra q/k channels, so no N x N
-  tensor is ever built (costs ``kh + kw`` extra channels in q.k).
+* "plain" (:func:`plain_rel_pos_attention`): the official formulation, matmul + 5-D broadcast add
+  + softmax + matmul. Builds several N x N tensors; kept as the reference.
+* "sdpa" (:func:`sdpa_rel_pos_attention`): ``F.scaled_dot_product_attention`` with the bias as a
+  float ``attn_mask`` in q's dtype (eligible for the fused CPU flash, CUDA memory-efficient and
+  cuDNN kernels). The mask is built contiguous (so no hidden copy) and, when it would exceed
+  ``max_mask_bytes``, one block of query rows at a time, which bounds its memory. Without a bias
+  it is a plain SDPA call (any fused kernel, flash included).
+* "blocked" (:func:`eva_det.layers.blocked_attention.blocked_rel_pos_attention`): the plain
+  formulation in cache-sized blocks with a recomputing backward; nothing N x N is allocated.
+  Fastest on CPU. Without a bias there is nothing to block: it runs as "sdpa".
+* "auto" (the default): "blocked" for float32 CPU tensors, "sdpa" otherwise (CUDA, or 16-bit
+  under autocast).
 
-``impl="auto"`` (the backbone default) picks "blocked" for float32 CPU tensors and "sdpa"
-otherwise (CUDA, or 16-bit under autocast).
+Two former values are refused with an :class:`~eva_det.errors.InputError` naming the
+replacement (:data:`REMOVED_ATTN_IMPLS`): EVA-01's "augmented" (bias folded into extra q/k
+channels; no row of ``bench/RESULTS.md`` showed it fastest, and "blocked" saves less for
+backward) and EVA-02's "xformers" (the official ``xattn`` kernel; SDPA gives the same numbers
+without the dependency).
 """
 
 from typing import Optional
@@ -26,19 +34,27 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .blocked_attention import blocked_rel_pos_attention, check_rel_pos_shapes
 
 __all__ = [
-    "RelPosAttentionImpls",
+    "ATTN_IMPLS",
+    "REMOVED_ATTN_IMPLS",
+    "check_attn_impl",
     "resolve_impl",
     "DEFAULT_MAX_MASK_BYTES",
     "plain_rel_pos_attention",
     "sdpa_rel_pos_attention",
-    "augmented_rel_pos_attention",
     "rel_pos_attention",
 ]
 
-RelPosAttentionImpls = ("auto", "sdpa", "blocked", "plain", "augmented")
+#: The ``attn_impl`` values both backbones accept.
+ATTN_IMPLS = ("auto", "sdpa", "blocked", "plain")
+#: Values accepted by earlier versions, with what to use instead.
+REMOVED_ATTN_IMPLS = {
+    "augmented": "'blocked' (allocates nothing N x N and saves less for backward) or 'sdpa'",
+    "xformers": "'sdpa' (the same numbers from PyTorch's fused kernels, no xformers needed)",
+}
 
 # Largest additive mask (bytes) sdpa_rel_pos_attention builds at once; larger ones are split into
 # blocks of query rows. 1 GiB keeps every block of the 1B model at 1536 px in a few SDPA calls
@@ -52,7 +68,7 @@ def plain_rel_pos_attention(
     v: torch.Tensor,
     rel_h: Optional[torch.Tensor],
     rel_w: Optional[torch.Tensor],
-    scale: float,
+    scale: Optional[float] = None,
 ) -> torch.Tensor:
     """Official formulation: ``softmax(scale * q @ k^T + bias) @ v``.
 
@@ -60,11 +76,13 @@ def plain_rel_pos_attention(
         q, k, v (Tensor): (B, heads, N, head_dim), N = q_h * q_w (keys: k_h * k_w).
         rel_h (Tensor or None): (B, heads, q_h, q_w, k_h) height bias; None for no bias.
         rel_w (Tensor or None): (B, heads, q_h, q_w, k_w) width bias.
-        scale (float): factor on q.k.
+        scale (float or None): factor on q.k; None: ``head_dim ** -0.5``.
 
     Returns:
         Tensor (B, heads, N, head_dim).
     """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
     attn = (q * scale) @ k.transpose(-2, -1)  # (B, heads, N, Nk)
     if rel_h is not None:
         check_rel_pos_shapes(q, rel_h, rel_w)
@@ -82,7 +100,7 @@ def sdpa_rel_pos_attention(
     v: torch.Tensor,
     rel_h: Optional[torch.Tensor],
     rel_w: Optional[torch.Tensor],
-    scale: float,
+    scale: Optional[float] = None,
     max_mask_bytes: int = DEFAULT_MAX_MASK_BYTES,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` with the decomposed bias as a float mask.
@@ -96,7 +114,7 @@ def sdpa_rel_pos_attention(
         q, k, v (Tensor): (B, heads, N, head_dim), N = q_h * q_w (keys: k_h * k_w).
         rel_h (Tensor or None): (B, heads, q_h, q_w, k_h); None for attention without bias.
         rel_w (Tensor or None): (B, heads, q_h, q_w, k_w).
-        scale (float): factor on q.k.
+        scale (float or None): factor on q.k; None: SDPA's default ``head_dim ** -0.5``.
         max_mask_bytes (int): memory bound of one mask block.
 
     Returns:
@@ -130,50 +148,28 @@ def sdpa_rel_pos_attention(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
-def augmented_rel_pos_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rel_h: Optional[torch.Tensor],
-    rel_w: Optional[torch.Tensor],
-    scale: float,
-) -> torch.Tensor:
-    """Attention with the decomposed bias folded into the q/k channels (no N x N bias tensor).
-
-    ``scale * q_i.k_j + rel_h[i, row(j)] + rel_w[i, col(j)] = q'_i . k'_j`` with
-    ``q' = [scale * q, rel_h, rel_w]`` and ``k' = [k, onehot(row), onehot(col)]``.
+def check_attn_impl(impl: str) -> str:
+    """Return ``impl`` if it is in :data:`ATTN_IMPLS`, else raise InputError saying what to use.
 
     Args:
-        q, k, v (Tensor): (B, heads, N, head_dim), N = q_h * q_w (keys: k_h * k_w).
-        rel_h (Tensor or None): (B, heads, q_h, q_w, k_h); None for attention without bias.
-        rel_w (Tensor or None): (B, heads, q_h, q_w, k_w).
-        scale (float): factor on q.k.
-
-    Returns:
-        Tensor (B, heads, N, head_dim).
+        impl (str): the ``attn_impl`` value of a backbone config (``model.backbone.net.attn_impl``).
     """
-    if rel_h is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    check_rel_pos_shapes(q, rel_h, rel_w)
-    B, nh, N, hd = q.shape
-    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
-    rel_h, rel_w = rel_h.reshape(B, nh, N, kh), rel_w.reshape(B, nh, N, kw)
-    q_aug = torch.cat([q * scale, rel_h.to(q.dtype), rel_w.to(q.dtype)], dim=-1)
-    rows = torch.arange(kh * kw, device=q.device) // kw
-    cols = torch.arange(kh * kw, device=q.device) % kw
-    onehot = torch.cat([F.one_hot(rows, kh), F.one_hot(cols, kw)], dim=-1).to(k.dtype)
-    k_aug = torch.cat([k, onehot.expand(B, nh, kh * kw, kh + kw)], dim=-1)
-    # Fused (flash) kernels need equal q/k/v widths: pad v with zeros and drop them after.
-    v_pad = F.pad(v, (0, kh + kw))
-    out = F.scaled_dot_product_attention(q_aug, k_aug, v_pad, scale=1.0)
-    return out[..., :hd]
+    if impl in REMOVED_ATTN_IMPLS:
+        raise InputError(
+            f"attn_impl={impl!r} was removed: use {REMOVED_ATTN_IMPLS[impl]} "
+            f"(set model.backbone.net.attn_impl; accepted: {ATTN_IMPLS})."
+        )
+    if impl not in ATTN_IMPLS:
+        raise InputError(
+            f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r} (model.backbone.net.attn_impl; "
+            "'auto' picks 'blocked' on CPU in float32 and 'sdpa' otherwise)."
+        )
+    return impl
 
 
 def resolve_impl(impl: str, q: torch.Tensor) -> str:
     """The implementation ``impl`` stands for with queries ``q`` ("auto" picks by device/dtype)."""
-    if impl not in RelPosAttentionImpls:
-        raise ValueError(f"attention impl must be one of {RelPosAttentionImpls}, got {impl!r}")
-    if impl == "auto":
+    if check_attn_impl(impl) == "auto":
         return "blocked" if q.device.type == "cpu" and q.dtype == torch.float32 else "sdpa"
     return impl
 
@@ -182,22 +178,31 @@ def rel_pos_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    rel_h: Optional[torch.Tensor],
-    rel_w: Optional[torch.Tensor],
-    scale: float,
+    rel_h: Optional[torch.Tensor] = None,
+    rel_w: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
     impl: str = "auto",
     max_mask_bytes: int = DEFAULT_MAX_MASK_BYTES,
 ) -> torch.Tensor:
-    """Dispatch to one implementation; arguments as in :func:`sdpa_rel_pos_attention`.
+    """Attention by the implementation ``impl``; the one entry point of both backbones.
 
     Args:
-        impl (str): "auto", "sdpa", "blocked", "plain" or "augmented" (see the module doc).
+        q, k, v (Tensor): (B, heads, N, head_dim), N = q_h * q_w (keys: k_h * k_w).
+        rel_h (Tensor or None): (B, heads, q_h, q_w, k_h) height bias; None (with ``rel_w``)
+            for attention without bias.
+        rel_w (Tensor or None): (B, heads, q_h, q_w, k_w) width bias.
+        scale (float or None): factor on q.k; None: ``head_dim ** -0.5``.
+        impl (str): one of :data:`ATTN_IMPLS` (see the module doc).
+        max_mask_bytes (int): with "sdpa" and a bias, the largest mask built at once.
+
+    Returns:
+        Tensor (B, heads, N, head_dim).
     """
     impl = resolve_impl(impl, q)
     if impl == "plain":
         return plain_rel_pos_attention(q, k, v, rel_h, rel_w, scale)
     if rel_h is not None and impl == "blocked":
+        if scale is None:
+            scale = q.shape[-1] ** -0.5
         return blocked_rel_pos_attention(q, k, v, rel_h, rel_w, scale)
-    if impl == "augmented":
-        return augmented_rel_pos_attention(q, k, v, rel_h, rel_w, scale)
     return sdpa_rel_pos_attention(q, k, v, rel_h, rel_w, scale, max_mask_bytes)

@@ -5,6 +5,10 @@ embedding on queries and keys (:mod:`eva_det.modeling.backbone.rope`), SwiGLU ML
 no relative position bias. State-dict names equal the official EVA-02 detection code, whose
 checkpoints also carry the RoPE tables as persistent buffers; :class:`EVA02ViT` drops those when a
 state dict is loaded and recomputes the tables from the token grid, so any input size works.
+Patch and position embedding, the block loop with activation checkpointing and the init are
+:class:`~eva_det.modeling.backbone.vit_trunk.ViTTrunk`, shared with EVA-01; attention goes through
+the same dispatcher and ``attn_impl`` vocabulary
+(:func:`eva_det.layers.rel_pos_attention.rel_pos_attention`, called without a bias).
 """
 
 from __future__ import annotations
@@ -17,26 +21,19 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import Backbone
-from detectron2.modeling.backbone.utils import (
-    PatchEmbed,
-    get_abs_pos,
-    window_partition,
-    window_unpartition,
-)
 from detectron2.modeling.backbone.vit import ResBottleneckBlock
+from timm.layers import DropPath
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from eva_det.errors import InputError
 
+from ...layers.rel_pos_attention import ATTN_IMPLS, check_attn_impl, rel_pos_attention
 from .rope import VisionRotaryEmbedding2D, rope_cos_sin
+from .vit_trunk import ViTTrunk, attend_in_windows, build_blocks
 
-__all__ = ["EVA02ViT", "Attention", "SwiGLU", "Block", "DropPath", "attention", "ATTN_IMPLS"]
+__all__ = ["EVA02ViT", "Attention", "SwiGLU", "Block", "ATTN_IMPLS"]
 
 logger = logging.getLogger(__name__)
-
-ATTN_IMPLS = ("sdpa", "plain", "xformers")
 
 # RoPE tables stored as persistent buffers by the official code (relative to the ViT's prefix):
 # ``rope_win``/``rope_glb`` on the detection ViT, ``rope`` on the MIM-pretraining ViT, and each
@@ -49,70 +46,14 @@ _OFFICIAL_ROPE_KEY = re.compile(
 _MLP_OUT_KEY = re.compile(r"^blocks\.\d+\.mlp\.w3\.weight$")
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "sdpa"
-) -> torch.Tensor:
-    """
-    Softmax attention with the default 1/sqrt(head_dim) scale and no bias or mask.
-
-    Args:
-        q (Tensor): (B, num_heads, N, head_dim) queries.
-        k (Tensor): (B, num_heads, N, head_dim) keys.
-        v (Tensor): (B, num_heads, N, head_dim) values.
-        impl (str): "sdpa" (``F.scaled_dot_product_attention``), "plain" (matmul + softmax, as
-            the official ``xattn=False`` path) or "xformers" (xformers'
-            ``memory_efficient_attention``, as the official ``xattn=True`` path).
-
-    Returns:
-        Tensor: (B, num_heads, N, head_dim).
-    """
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v)
-    if impl == "plain":
-        attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
-        attn = attn.softmax(dim=-1).type_as(v)
-        return attn @ v  # (B, heads, N, head_dim)
-    if impl == "xformers":
-        try:
-            import xformers.ops as xops
-        except ImportError as e:
-            raise ImportError(
-                "attn_impl='xformers' needs the xformers package (pip install xformers). "
-                "attn_impl='sdpa' gives the same numbers without it."
-            ) from e
-        # xformers takes (B, N, heads, head_dim).
-        out = xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        )
-        return out.transpose(1, 2)  # (B, heads, N, head_dim)
-    raise ValueError(f"Unknown attention implementation {impl!r}; expected one of {ATTN_IMPLS}")
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample (scaled by 1 / keep prob)."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        """
-        Args:
-            drop_prob (float): probability of dropping the branch of a sample during training.
-        """
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, ...)
-        return x * mask.div_(keep) if keep > 0.0 else x * mask
-
-
 class SwiGLU(nn.Module):
     """SwiGLU MLP, with a LayerNorm on the hidden features when ``subln``:
-    w3(ffn_ln(act(w1 x) * w2 x)); without sub-LN (EVA-02 Ti/S) w3(act(w1 x) * w2 x)."""
+    w3(ffn_ln(act(w1 x) * w2 x)); without sub-LN (EVA-02 Ti/S) w3(act(w1 x) * w2 x).
+
+    Written here rather than taken from timm: timm's ``SwiGLU`` names its layers ``fc1_g``,
+    ``fc1_x``, ``norm``, ``fc2``; the official EVA-02 checkpoints name them ``w1``, ``w2``,
+    ``ffn_ln``, ``w3``.
+    """
 
     def __init__(
         self,
@@ -159,13 +100,13 @@ class Attention(nn.Module):
             num_heads (int): number of attention heads.
             qkv_bias (bool): learn biases for queries and values (the key bias is always zero).
             rope (VisionRotaryEmbedding2D or None): rotary embedding applied to q and k.
-            attn_impl (str): one of "sdpa", "plain", "xformers" (see :func:`attention`).
+            attn_impl (str): one of :data:`~eva_det.layers.rel_pos_attention.ATTN_IMPLS`: "auto",
+                "sdpa", "blocked" (without a bias: as "sdpa") or "plain" (matmul + softmax, the
+                official ``xattn=False`` path); all give the same numbers.
         """
         super().__init__()
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
         self.num_heads = num_heads
-        self.attn_impl = attn_impl
+        self.attn_impl = check_attn_impl(attn_impl)
         self.q_proj = nn.Linear(dim, dim, bias=False)
         self.k_proj = nn.Linear(dim, dim, bias=False)
         self.v_proj = nn.Linear(dim, dim, bias=False)
@@ -196,7 +137,7 @@ class Attention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, (H, W))
             k = self.rope(k, (H, W))
-        x = attention(q, k, v, self.attn_impl)  # (B, heads, N, head_dim)
+        x = rel_pos_attention(q, k, v, impl=self.attn_impl)  # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, H, W, C)
         return self.proj(x)
 
@@ -231,13 +172,13 @@ class Block(nn.Module):
             window_size (int): attention window; 0 means global attention.
             use_residual_block (bool): append a conv bottleneck block (ViTDet) after the MLP.
             rope (VisionRotaryEmbedding2D or None): rotary embedding of the attention.
-            attn_impl (str): attention implementation, see :func:`attention`.
+            attn_impl (str): attention implementation, see :class:`Attention`.
             subln (bool): SwiGLU sub-LN (see :class:`SwiGLU`).
         """
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rope=rope, attn_impl=attn_impl)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = SwiGLU(
             dim, int(dim * mlp_ratio), act_layer=act_layer, norm_layer=norm_layer, subln=subln
@@ -256,14 +197,7 @@ class Block(nn.Module):
             Tensor: (B, H, W, C).
         """
         shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
-            H, W = x.shape[1], x.shape[2]
-            # (B, H, W, C) -> (B * num_windows, ws, ws, C), zero-padded to multiples of ws
-            x, pad_hw = window_partition(x, self.window_size)
-        x = self.attn(x)
-        if self.window_size > 0:
-            x = window_unpartition(x, self.window_size, pad_hw, (H, W))  # (B, H, W, C)
+        x = attend_in_windows(self.attn, self.norm1(x), self.window_size)  # (B, H, W, C)
         x = shortcut + self.drop_path(x)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if self.use_residual_block:
@@ -271,7 +205,7 @@ class Block(nn.Module):
         return x
 
 
-class EVA02ViT(Backbone):
+class EVA02ViT(ViTTrunk):
     """
     EVA-02 ViT backbone (ViTDet layout) returning the last feature map at stride ``patch_size``.
 
@@ -301,6 +235,7 @@ class EVA02ViT(Backbone):
         window_block_indexes: Sequence[int] = (),
         residual_block_indexes: Sequence[int] = (),
         use_act_checkpoint: bool = False,
+        act_checkpoint_every: int = 1,
         pretrain_img_size: int = 224,
         pretrain_use_cls_token: bool = True,
         out_feature: str = "last_feat",
@@ -337,19 +272,22 @@ class EVA02ViT(Backbone):
                 global.
             residual_block_indexes (Sequence[int]): blocks followed by a conv bottleneck block.
             use_act_checkpoint (bool): recompute each block in the backward pass
-                (``torch.utils.checkpoint``); parameter names do not change.
+                (``torch.utils.checkpoint``) when training with autograd on (never in eval);
+                parameter names do not change.
+            act_checkpoint_every (int): with ``use_act_checkpoint``, checkpoint only blocks whose
+                index is a multiple of this (1 = every block).
             pretrain_img_size (int): input size of pretraining, defines the ``pos_embed`` grid.
             pretrain_use_cls_token (bool): ``pos_embed`` has a leading cls-token slot.
             out_feature (str): name of the output feature.
             xattn (bool): official switch for the xformers kernel. Without ``attn_impl`` it selects
                 "sdpa" (True) or "plain" (False); the numbers are the same.
-            attn_impl (str or None): "sdpa", "plain" or "xformers"; overrides ``xattn``.
+            attn_impl (str or None): "auto", "sdpa", "blocked" or "plain" (see :class:`Attention`);
+                overrides ``xattn``.
             subln (bool): SwiGLU sub-LayerNorm ``mlp.ffn_ln`` in every block, as EVA-02 B/L
                 (default). EVA-02 Ti/S (timm ``eva02_tiny`` / ``eva02_small``) have none: set
                 False for their converted weights (``tools/convert_pretrained.py`` says which).
                 A state dict of the other layout is refused when loaded.
         """
-        super().__init__()
         if use_rel_pos:
             raise ValueError(
                 "EVA02ViT has no relative position bias: set use_rel_pos=False (EVA-02 uses "
@@ -358,26 +296,21 @@ class EVA02ViT(Backbone):
             )
         if attn_impl is None:
             attn_impl = "sdpa" if xattn else "plain"
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
-        head_dim = embed_dim // num_heads
-        self.pretrain_use_cls_token = pretrain_use_cls_token
-        self.use_act_checkpoint = use_act_checkpoint
-        self.subln = subln
-        self._rope_check_args = (pt_hw_seq_len, intp_freq, head_dim)
-
-        self.patch_embed = PatchEmbed(
-            kernel_size=(patch_size, patch_size),
-            stride=(patch_size, patch_size),
+        check_attn_impl(attn_impl)
+        super().__init__(
+            patch_size=patch_size,
             in_chans=in_chans,
             embed_dim=embed_dim,
+            use_abs_pos=use_abs_pos,
+            pretrain_img_size=pretrain_img_size,
+            pretrain_use_cls_token=pretrain_use_cls_token,
+            use_act_checkpoint=use_act_checkpoint,
+            act_checkpoint_every=act_checkpoint_every,
+            out_feature=out_feature,
         )
-        if use_abs_pos:
-            num_patches = (pretrain_img_size // patch_size) ** 2
-            num_positions = num_patches + 1 if pretrain_use_cls_token else num_patches
-            self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, embed_dim))
-        else:
-            self.pos_embed = None
+        head_dim = embed_dim // num_heads
+        self.subln = subln
+        self._rope_check_args = (pt_hw_seq_len, intp_freq, head_dim)
 
         # One table provider for all blocks: windowed blocks ask for (ws, ws), global blocks for
         # the whole token grid.
@@ -386,63 +319,27 @@ class EVA02ViT(Backbone):
             if rope
             else None
         )
-
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]  # stochastic depth
-        self.blocks = nn.ModuleList(
-            Block(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                drop_path=dpr[i],
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-                window_size=window_size if i in window_block_indexes else 0,
-                use_residual_block=i in residual_block_indexes,
-                rope=self.rope,
-                attn_impl=attn_impl,
-                subln=subln,
-            )
-            for i in range(depth)
+        make_block = partial(
+            Block,
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            rope=self.rope,
+            attn_impl=attn_impl,
+            subln=subln,
         )
-
-        self._out_feature_channels = {out_feature: embed_dim}
-        self._out_feature_strides = {out_feature: patch_size}
-        self._out_features = [out_feature]
-
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
-
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            x (Tensor): (B, in_chans, H, W) images.
-
-        Returns:
-            dict[str, Tensor]: {out_feature: (B, embed_dim, H // patch_size, W // patch_size)}.
-        """
-        x = self.patch_embed(x)  # (B, h, w, C)
-        if self.pos_embed is not None:
-            x = x + get_abs_pos(
-                self.pos_embed, self.pretrain_use_cls_token, (x.shape[1], x.shape[2])
-            )
-        for blk in self.blocks:
-            if self.use_act_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return {self._out_features[0]: x.permute(0, 3, 1, 2)}  # (B, C, h, w)
+        self.blocks = build_blocks(
+            make_block,
+            depth,
+            drop_path_rate,
+            window_size,
+            window_block_indexes,
+            residual_block_indexes,
+        )
+        self.init_weights()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._drop_official_rope_buffers(state_dict, prefix)

@@ -3,40 +3,35 @@
 State-dict names match the official EVA-01 detector (``backbone.net.*`` once wrapped in
 detectron2's ``SimpleFeaturePyramid``): ``pos_embed``, ``patch_embed.proj``,
 ``blocks.{i}.{norm1,norm2}``, ``blocks.{i}.attn.{q_bias,v_bias,qkv,proj,rel_pos_h,rel_pos_w}``,
-``blocks.{i}.mlp.{fc1,fc2}``. Activation checkpointing wraps the call, never the module, so it
-renames nothing.
+``blocks.{i}.mlp.{fc1,fc2}`` (timm's ``Mlp``, as the official code). Patch and position
+embedding, the block loop with activation checkpointing and the init are
+:class:`~eva_det.modeling.backbone.vit_trunk.ViTTrunk`, shared with EVA-02.
 """
 
 import logging
+from functools import partial
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
-from detectron2.modeling.backbone import Backbone
-from detectron2.modeling.backbone.utils import (
-    PatchEmbed,
-    get_abs_pos,
-    window_partition,
-    window_unpartition,
-)
 from detectron2.modeling.backbone.vit import ResBottleneckBlock
+from timm.layers import DropPath, Mlp
 
 from ...layers.rel_pos_attention import (
+    ATTN_IMPLS,
     DEFAULT_MAX_MASK_BYTES,
-    RelPosAttentionImpls,
+    check_attn_impl,
     rel_pos_attention,
 )
-from .layers import DropPath, Mlp
 from .norm import LayerNormWithForceFP32
 from .rel_pos import decomposed_rel_pos_bias
+from .vit_trunk import ViTTrunk, attend_in_windows, build_blocks
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EVAViT", "Attention", "Block", "ATTN_IMPLS"]
 
-ATTN_IMPLS = RelPosAttentionImpls
 DEFAULT_MAX_ATTN_MASK_MB = DEFAULT_MAX_MASK_BYTES / 2**20
 
 
@@ -55,9 +50,8 @@ class Attention(nn.Module):
         interp_type (str): "vitdet" or "beit", how tables are resized to other grids.
         attn_impl (str): "auto" (default: "blocked" for float32 on CPU, else "sdpa"), "sdpa"
             (``F.scaled_dot_product_attention`` with the bias as a float mask), "blocked" (matmul +
-            softmax in cache-sized blocks, nothing N x N allocated), "plain" (matmul + softmax, the
-            official formulation) or "augmented" (SDPA without a mask: the bias is folded into
-            extra q/k channels). All give the same output to float rounding; see
+            softmax in cache-sized blocks, nothing N x N allocated) or "plain" (matmul + softmax,
+            the official formulation). All give the same output to float rounding; see
             :mod:`eva_det.layers.rel_pos_attention`.
         max_attn_mask_mb (float): with "sdpa", the largest bias mask built at once (MiB); larger
             ones are built and used one block of query rows at a time (same output, less memory).
@@ -77,8 +71,7 @@ class Attention(nn.Module):
         max_attn_mask_mb: float = DEFAULT_MAX_ATTN_MASK_MB,
     ):
         super().__init__()
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        check_attn_impl(attn_impl)
         if interp_type not in ("vitdet", "beit"):
             raise ValueError(f"interp_type must be 'vitdet' or 'beit', got {interp_type!r}")
         self.num_heads = num_heads
@@ -197,7 +190,7 @@ class Block(nn.Module):
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)  # fc1, act, fc2
         self.window_size = window_size
         self.use_residual_block = use_residual_block
         if use_residual_block:
@@ -216,14 +209,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
         shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
-            H, W = x.shape[1], x.shape[2]
-            # (B * num_windows, ws, ws, C)
-            x, pad_hw = window_partition(x, self.window_size)
-        x = self.attn(x)
-        if self.window_size > 0:
-            x = window_unpartition(x, self.window_size, pad_hw, (H, W))
+        x = attend_in_windows(self.attn, self.norm1(x), self.window_size)
         if self.beit_like_gamma:
             x = shortcut + self.drop_path(self.gamma_1 * x)
             x = x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
@@ -235,7 +221,7 @@ class Block(nn.Module):
         return x
 
 
-class EVAViT(Backbone):
+class EVAViT(ViTTrunk):
     """EVA-01 ViT backbone (constructor arguments as in the official ``ViT``).
 
     Args:
@@ -302,91 +288,43 @@ class EVAViT(Backbone):
         attn_impl: str = "auto",
         max_attn_mask_mb: float = DEFAULT_MAX_ATTN_MASK_MB,
     ):
-        super().__init__()
-        if act_checkpoint_every < 1:
-            raise ValueError(f"act_checkpoint_every must be >= 1, got {act_checkpoint_every}")
-        bad = [
-            i
-            for i in list(window_block_indexes) + list(residual_block_indexes)
-            if not 0 <= i < depth
-        ]
-        if bad:
-            raise ValueError(f"block indexes {bad} are outside 0..{depth - 1} (depth={depth})")
-        self.pretrain_use_cls_token = pretrain_use_cls_token
-        self.patch_embed = PatchEmbed(
-            kernel_size=(patch_size, patch_size),
-            stride=(patch_size, patch_size),
+        super().__init__(
+            patch_size=patch_size,
             in_chans=in_chans,
             embed_dim=embed_dim,
+            use_abs_pos=use_abs_pos,
+            pretrain_img_size=pretrain_img_size,
+            pretrain_use_cls_token=pretrain_use_cls_token,
+            use_act_checkpoint=use_act_checkpoint,
+            act_checkpoint_every=act_checkpoint_every,
+            out_feature=out_feature,
         )
-        if use_abs_pos:
-            num_patches = (pretrain_img_size // patch_size) ** 2
-            num_positions = num_patches + 1 if pretrain_use_cls_token else num_patches
-            self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, embed_dim))
-        else:
-            self.pos_embed = None
-
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
-        self.blocks = nn.ModuleList(
-            Block(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                drop_path=dpr[i],
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-                use_rel_pos=use_rel_pos,
-                rel_pos_zero_init=rel_pos_zero_init,
-                window_size=window_size if i in window_block_indexes else 0,
-                use_residual_block=i in residual_block_indexes,
-                input_size=(img_size // patch_size, img_size // patch_size),
-                beit_like_qkv_bias=beit_like_qkv_bias,
-                beit_like_gamma=beit_like_gamma,
-                interp_type=interp_type,
-                attn_impl=attn_impl,
-                max_attn_mask_mb=max_attn_mask_mb,
-            )
-            for i in range(depth)
+        make_block = partial(
+            Block,
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            use_rel_pos=use_rel_pos,
+            rel_pos_zero_init=rel_pos_zero_init,
+            input_size=(img_size // patch_size, img_size // patch_size),
+            beit_like_qkv_bias=beit_like_qkv_bias,
+            beit_like_gamma=beit_like_gamma,
+            interp_type=interp_type,
+            attn_impl=attn_impl,
+            max_attn_mask_mb=max_attn_mask_mb,
         )
-        self.use_act_checkpoint = use_act_checkpoint
-        self.act_checkpoint_every = act_checkpoint_every
-        self._out_feature_channels = {out_feature: embed_dim}
-        self._out_feature_strides = {out_feature: patch_size}
-        self._out_features = [out_feature]
-
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(self._init_weights)
+        self.blocks = build_blocks(
+            make_block,
+            depth,
+            drop_path_rate,
+            window_size,
+            window_block_indexes,
+            residual_block_indexes,
+        )
+        self.init_weights()
         if freeze_patch_embed:
             for p in self.patch_embed.parameters():
                 p.requires_grad = False
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, (nn.LayerNorm, LayerNormWithForceFP32)) and m.weight is not None:
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
-
-    def forward(self, x: torch.Tensor) -> dict:
-        """x: (B, 3, H, W) -> {out_feature: (B, embed_dim, H/patch, W/patch)}."""
-        x = self.patch_embed(x)  # (B, h, w, C)
-        if self.pos_embed is not None:
-            x = x + get_abs_pos(
-                self.pos_embed, self.pretrain_use_cls_token, (x.shape[1], x.shape[2])
-            )
-        for i, blk in enumerate(self.blocks):
-            if (
-                self.use_act_checkpoint
-                and self.training
-                and torch.is_grad_enabled()
-                and i % self.act_checkpoint_every == 0
-            ):
-                x = cp.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return {self._out_features[0]: x.permute(0, 3, 1, 2)}
