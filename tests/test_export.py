@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import instantiate
-from shrink import HEAD_SHRINK, REPO, load_config, shrink_overrides
+from helpers.shrink import HEAD_SHRINK, REPO, load_config, shrink_overrides
 
 from eva_det.export import FixedGridRope, export_model, prepare_for_export
 from eva_det.export.export import normalize, sample_image

@@ -23,7 +23,7 @@ LAYERS = [
     ["eva_det.modeling"],
     ["eva_det.evaluation"],
     ["eva_det.engine"],
-    ["eva_det.demo", "eva_det.submission", "eva_det.model_zoo"],
+    ["eva_det.demo", "eva_det.submission", "eva_det.model_zoo", "eva_det.export"],
     # references and synthetic data for tests and benches: may use everything, used by nothing
     ["eva_det.utils.testing"],
 ]

@@ -50,7 +50,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     """
     from detectron2.utils.logger import setup_logger
 
-    from eva_det.engine.checks import check_init_checkpoint, load_config
+    from eva_det.config.load import load_config
+    from eva_det.engine.checks import check_init_checkpoint
     from eva_det.errors import InputError
     from eva_det.export import check_exportable, export_model
     from eva_det.export.export import NOT_EXPORTED

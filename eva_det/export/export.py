@@ -39,8 +39,9 @@ import torch
 from detectron2.export import TracingAdapter
 from torch import nn
 
-from eva_det.checkpoint.checkpointer import atomic_write_bytes, atomic_write_text
+from eva_det.engine.build import build_inference_model
 from eva_det.errors import InputError
+from eva_det.utils.atomic import atomic_write_bytes, atomic_write_text
 
 from .prepare import export_input_size, prepare_for_export
 
@@ -135,7 +136,7 @@ def check_exportable(cfg, fmt: str) -> None:
 def build_export_model(cfg, load_weights: bool = True, keep_reference: bool = False):
     """The config's detector on the CPU in eval mode, prepared for export.
 
-    Built and loaded by :class:`eva_det.demo.LazyPredictor` (``cfg.model``,
+    Built and loaded by :func:`eva_det.engine.build.build_inference_model` (``cfg.model``,
     ``cfg.train.init_checkpoint`` with EMA weights where the config uses them), then
     :func:`~eva_det.export.prepare.prepare_for_export`.
 
@@ -147,10 +148,8 @@ def build_export_model(cfg, load_weights: bool = True, keep_reference: bool = Fa
     Returns:
         nn.Module, or (prepared model, eager reference) with ``keep_reference``.
     """
-    from eva_det.demo.predictor import LazyPredictor
-
     cfg.train.device = "cpu"
-    model = LazyPredictor(cfg, load_weights=load_weights).detector.eval()
+    model = build_inference_model(cfg, load_weights=load_weights).detector.eval()
     reference = copy.deepcopy(model) if keep_reference else None
     prepare_for_export(model)
     return (model, reference) if keep_reference else model
