@@ -30,7 +30,7 @@ hardware and software, every section's rows, its status and the verdict on the g
 detector >= 20 img/s in bf16 at 1280, soft-NMS <= 10 ms per image, training step <= 40 GB at 1280.
 
 ``--smoke`` runs every section on the CPU with tiny models (depth 2, embed 64, 128 px, 400
-boxes); tests/test_gpu_check.py runs it so that the device run works the first time.
+boxes); tests/bench/test_gpu_check.py runs it so that the device run works the first time.
 
     bash bench/gpu_check.sh --out "$OUT"              # on the GPU machine, about 6 minutes
     python bench/gpu_check.py --smoke --out /tmp/gc   # here, about 40 s
@@ -72,7 +72,7 @@ EVA_PROTOCOL = [  # REFERENCE.md section 1: EVA-01's COCO evaluation flags (+ ma
     "model.roi_heads.override_score_thresh=0.0",
     "model.roi_heads.maskness_thresh=0.5",
 ]
-# --smoke: the CPU test size of tests/shrink.py (depth 2, embed 64, 128 px)
+# --smoke: the CPU test size of tests/helpers/shrink.py (depth 2, embed 64, 128 px)
 SMOKE_VIT = [
     "model.backbone.net.embed_dim=64",
     "model.backbone.net.depth=2",
@@ -483,13 +483,14 @@ class _TestRecorder:
 
 def cuda_test_files() -> list:
     """The test files that hold tests marked ``cuda`` (collecting only these is fast)."""
-    folder = os.path.join(REPO, "tests")
-    names = sorted(n for n in os.listdir(folder) if n.startswith("test_") and n.endswith(".py"))
     out = []
-    for name in names:
-        with open(os.path.join(folder, name)) as f:
-            if "pytest.mark.cuda" in f.read():
-                out.append(os.path.join("tests", name))
+    for folder, _, files in sorted(os.walk(os.path.join(REPO, "tests"))):
+        for name in sorted(files):
+            if name.startswith("test_") and name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    if "pytest.mark.cuda" in f.read():
+                        out.append(os.path.relpath(path, REPO))
     return out
 
 

@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # No test may reach the Hugging Face hub: set before anything imports huggingface_hub (which
 # reads these at import). Offline mode, an unreachable loopback endpoint, and a private empty
-# cache that tests fill by hand (tests/hub_cache.py).
+# cache that tests fill by hand (tests/helpers/hub_cache.py).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="eva_det_test_hf_home_")

@@ -18,7 +18,7 @@ does here: keep the ``max_dets_per_image`` (default 300) best-scored detections 
 over all categories; and :mod:`.lvis_inputs` makes LVIS-api's input selection (zero-area
 detections and annotations ignored, detections of unknown categories dropped before
 faster-coco-eval sees them). With that, the numbers equal LVIS-api's on every input, including
-images without ground truth (see ``tests/test_evaluation.py``).
+images without ground truth (see ``tests/evaluation/test_evaluation.py``).
 Metrics that cannot be computed (e.g. APr when no rare category has ground truth) are NaN, as in
 detectron2's COCO evaluator, where detectron2's LVIS evaluator would report -100.
 """

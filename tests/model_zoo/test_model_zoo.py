@@ -160,7 +160,7 @@ def test_get_loads_raw_or_ema_weights(tmp_path):
 
 
 def test_offline_download_error_names_url_and_fix(monkeypatch):
-    """URLs off the hub go through PathManager; hub files: tests/test_hub_weights.py."""
+    """URLs off the hub go through PathManager; hub files: tests/checkpoint/test_hub_weights.py."""
     calls = []
 
     def no_network(path, **kwargs):

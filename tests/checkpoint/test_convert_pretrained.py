@@ -43,7 +43,7 @@ from eva_det.checkpoint import (
 )
 from eva_det.checkpoint.convert_common import fuse_qkv, resize_pos_embed, split_qkv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def expected_eva01_keys(gamma=False):

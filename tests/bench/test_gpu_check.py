@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.shrink import REPO
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 The ```bash blocks of the doc are parsed and run in a scratch folder that looks like the
 repository root to them (``tools/`` and ``projects/`` linked, ``datasets/my_dataset`` and
 ``weights/eva02_B_coco_bsl.pth`` written here). Appended to each command: overrides that shrink
-the model and schedule to CPU size (tests/shrink.py), plus, for training,
+the model and schedule to CPU size (tests/helpers/shrink.py), plus, for training,
 ``frozen_blocks=1`` (checked below). The demo's ``--confidence-threshold`` is lowered to 0 so
 that the few-iteration model draws something.
 """

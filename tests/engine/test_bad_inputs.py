@@ -40,7 +40,7 @@ from detectron2.data import (
 )
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
-from helpers.shrink import load_config
+from helpers.shrink import REPO, load_config
 from helpers.tiny_cli import cli_process, isolated_logging, metrics, one_thread, train_args
 
 from eva_det.checkpoint.checkpointer import EVACheckpointer
@@ -321,7 +321,7 @@ def test_detectron2_datasets_pointing_nowhere(tmp_path, register, monkeypatch):
 
 def _tool(name):
     """tools/<name>.py as a module (detectron2's wheel installs its own top-level `tools`)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", f"{name}.py")
+    path = os.path.join(REPO, "tools", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"eva_det_tool_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
