@@ -6,7 +6,7 @@
 First the shapes dataset is generated if it is missing (timed on its own, so that no seed pays
 for it). Then, for each seed S in 0 .. N-1, the README command
 
-    python tools/lazyconfig_train_net.py \\
+    python tools/lazyconfig_train_net.py --num-gpus 2 \\
         --config-file projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py
 
 runs verbatim in a subprocess with only ``train.seed=S train.output_dir=OUT/seedS`` appended
@@ -40,6 +40,8 @@ from typing import List, Optional, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_COMMAND = [
     "tools/lazyconfig_train_net.py",
+    "--num-gpus",
+    "2",
     "--config-file",
     "projects/ViTDet/configs/Shapes/cascade_mask_rcnn_vitdet_eva_tiny.py",
 ]

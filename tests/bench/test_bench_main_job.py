@@ -62,3 +62,12 @@ def test_table_and_goal():
     assert "- mask AP spread <= 3: no (4.5)" in goal
     assert "- mean mask AP >= 55: yes (55.5)" in goal
     assert goal[-1] == "Goal met: no (3 seed(s))."
+
+
+def test_runs_the_readme_main_job_command():
+    """The bench times exactly the README's main-job line (its second command)."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        block = f.read().split("```bash\n", 1)[1].split("```", 1)[0]
+    main_job = block.splitlines()[1].split()
+    assert main_job[0] == "python"
+    assert main_job[1:] == _bench().README_COMMAND

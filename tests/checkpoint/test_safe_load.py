@@ -124,7 +124,9 @@ def test_convert_cli_opt_in(tmp_path):
     torch.save({"model": make_eva01("beit"), "x": _Executes(str(marker))}, src)
     cmd = [sys.executable, os.path.join(REPO, "tools", "convert_pretrained.py")]
     cmd += ["--input", str(src), "--output", str(out)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+    here = os.path.dirname(os.path.abspath(__file__))  # the pickled class lives in this module
+    tests = os.path.join(REPO, "tests")  # and it imports helpers
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, here, tests]))
     refused = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     assert refused.returncode != 0 and "does not load safely" in refused.stderr
     assert not marker.exists() and not out.exists()
