@@ -216,6 +216,8 @@ def _load_tool():
         (["test.aug.enabled=True"], "test.aug.enabled=True"),
         (["--part", "neck"], "--part neck"),
         (["model.backbone.square_pad=0"], "model.backbone.square_pad is 0"),
+        # the one config loader of every tool (eva_det.config.load): a misspelled key is an error
+        (["model.backbone.net.depht=2"], "model.backbone.net.depht"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_message(argv, expected, tmp_path, caplog):
