@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from detectron2.config import LazyConfig
 from detectron2.utils.events import EventStorage
+from helpers.shrink import load_config
 from helpers.tiny_cli import CONFIG
 
 from eva_det.engine.train_loop import cpu_autocast_dtype
@@ -49,7 +49,7 @@ def test_trainer_runs_the_forward_in_the_cpu_dtype(dtype):
 
 
 def test_cpu_dtype_values():
-    cfg = LazyConfig.load(CONFIG)
+    cfg = load_config(CONFIG)  # repo-relative, from any working directory
     cfg.train.amp.cpu_dtype = None
     assert cpu_autocast_dtype(cfg) is None
     cfg.train.amp.cpu_dtype = "bfloat16"

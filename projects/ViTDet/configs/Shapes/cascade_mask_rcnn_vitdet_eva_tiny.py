@@ -81,7 +81,7 @@ model.proposal_generator.head.conv_dims = [-1]  # one 3x3 conv (ViTDet: two), as
 # (docs/MAIN_JOB.md has the sweep).
 optimizer.lr = 3e-4
 optimizer.params.lr_factor_func = None
-# about 0.3 s each with 2 processes under bfloat16 on 2 idle cores: train + eval ~9 min
+# 0.31-0.36 s each with 2 processes under bfloat16 on 2 idle cores: train + eval 9.5-10.5 min
 train.max_iter = 1700
 lr_multiplier.scheduler.milestones = [1416, 1624]
 lr_multiplier.scheduler.num_updates = train.max_iter
