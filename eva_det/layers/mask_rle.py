@@ -19,7 +19,8 @@ ever allocated. Both give the same bits as detectron2 + pycocotools:
 * the run lengths are pycocotools' (column-major, starting with a run of zeros, adjacent runs of
   ones merged across columns) and the compressed string is made by pycocotools itself.
 
-``tests/evaluation/test_inference_progress.py`` checks byte equality against detectron2 + pycocotools.
+``tests/evaluation/test_inference_progress.py`` checks byte equality against detectron2 +
+pycocotools.
 """
 
 from typing import Dict, List, Tuple

@@ -202,7 +202,8 @@ def test_test_dev_submission_refuses_a_checkpoint_of_another_model(tmp_path):
     from helpers.shrink import SHAPES_CONFIG as CONFIG
     from helpers.shrink import SHAPES_EVAL as TINY
 
-    # run_submission builds its model with build_inference_model (tests/engine/test_inference_model.py)
+    # run_submission builds its model with build_inference_model
+    # (tests/engine/test_inference_model.py)
     from eva_det.engine.build import build_inference_model
 
     small = instantiate(load_config(CONFIG, TINY + ["model.backbone.net.embed_dim=32"]).model)

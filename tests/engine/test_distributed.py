@@ -6,8 +6,8 @@ What makes the comparison honest:
   weights to rank 1 when it wraps the model;
 * same images per iteration: detectron2's TrainingSampler draws one seeded global stream and rank
   r takes positions r, r + 2, ...; the single process takes positions 2i, 2i + 1 in iteration i;
-* no other randomness (tests/helpers/tiny_cli.py DETERMINISTIC: no random augmentation, every anchor /
-  proposal sampled).
+* no other randomness (tests/helpers/tiny_cli.py DETERMINISTIC: no random augmentation, every
+  anchor / proposal sampled).
 
 What still differs, by design of detectron2's data parallelism: each process normalises its ROI
 losses over its own image (one process: over both images), and DDP averages gradients. So the

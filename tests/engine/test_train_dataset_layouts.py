@@ -3,9 +3,9 @@
 Each test writes a tiny dataset in the layout detectron2's builtin registration reads under
 ``$DETECTRON2_DATASETS`` (COCO: polygons, as COCO stores its masks; LVIS v1: its federated
 fields), then runs ``python tools/lazyconfig_train_net.py --config-file <recipe>`` in a new
-process with overrides that only shrink the model and the schedule (tests/helpers/shrink.py). Polygon
-masks through LSJ's FixedSizeCrop need shapely; LVIS' loader needs the lvis package: a missing
-runtime dependency fails here.
+process with overrides that only shrink the model and the schedule (tests/helpers/shrink.py).
+Polygon masks through LSJ's FixedSizeCrop need shapely; LVIS' loader needs the lvis package: a
+missing runtime dependency fails here.
 """
 
 import json
