@@ -54,7 +54,7 @@ def make_case(batch, channels, image_size, num_rois, seed):
     return features, boxes
 
 
-def level_cases(features, boxes, output_size, sampling_ratio):
+def level_cases(features, boxes):
     """Per pyramid level: (feature, its (R, 5) rois, scale), as ``ROIPooler`` assigns them."""
     rois = convert_boxes_to_pooler_format(boxes)
     levels = assign_boxes_to_levels(boxes, 2, 2 + len(STRIDES) - 1, 224, 4)
@@ -128,7 +128,7 @@ def main(argv=None):
     print("-" * len(header))
     for head, num_rois, size in (("box 7x7", args.box_rois, 7), ("mask 14x14", args.mask_rois, 14)):
         features, boxes = make_case(args.batch, args.channels, args.image_size, num_rois, args.seed)
-        cases = level_cases(features, boxes, size, args.sampling_ratio)
+        cases = level_cases(features, boxes)
         impls = {"tv": tv_roi_align, "eva": roi_align}
         best, results = time_ops(impls, cases, size, args.sampling_ratio, args.repeat, args.seed)
         same = all(
